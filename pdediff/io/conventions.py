@@ -1,0 +1,130 @@
+"""pdediff's xarray convention for gridded fields (documented in docs/data-format.md).
+
+A dataset holds one data variable per field (``a``, ``u``, ...) with dims
+``(sample, *grid_dims)``; every grid dim has a 1-D coordinate variable in physical units
+with ``units`` and ``axis`` attributes (and ``periodic = 1`` on periodic dims); data
+variables carry ``long_name`` and ``units``; global attributes give ``Conventions``, ``pde``
+(the family name), the PDE parameters as ``param_<name>``, ``source`` and ``history``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping
+
+import numpy as np
+import xarray as xr
+
+from pdediff import __version__
+from pdediff.errors import DataError
+from pdediff.pde.base import FieldInfo, Grid
+
+CONVENTIONS = "CF-1.10 pdediff-1"
+SAMPLE_DIM = "sample"
+PARAM_PREFIX = "param_"
+AXES = {"x": "X", "y": "Y", "z": "Z", "t": "T"}
+COORD_NAMES = {"x": "x coordinate", "y": "y coordinate", "z": "z coordinate", "t": "time"}
+
+
+def history_line(action: str) -> str:
+    """One ``history`` entry: UTC time stamp, pdediff version and what was done."""
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{now} pdediff {__version__}: {action}"
+
+
+def coord_attrs(dim: str, periodic: bool, units: str = "1") -> dict:
+    """Attributes of the coordinate variable ``dim`` (``units`` "1": nondimensional)."""
+    attrs = {"units": units, "long_name": COORD_NAMES.get(dim, dim)}
+    if dim in AXES:
+        attrs["axis"] = AXES[dim]
+    if periodic:
+        attrs["periodic"] = 1
+    return attrs
+
+
+def make_dataset(
+    fields: Mapping[str, np.ndarray],
+    grid: Grid,
+    *,
+    pde: str,
+    params: Mapping[str, float] | None = None,
+    info: Mapping[str, FieldInfo] | None = None,
+    source: str = "pdediff",
+    history: str = "created",
+    dtype: type = np.float32,
+) -> xr.Dataset:
+    """Assemble arrays ``(sample, *grid.shape)`` into a Dataset following the convention.
+
+    Parameters
+    ----------
+    fields
+        ``name -> array`` with shape ``(N, *grid.shape)``.
+    grid
+        Coordinates (physical units) and which dims are periodic.
+    pde
+        Family name (``"darcy"``, ...), or ``"unknown"`` for imported data of no family.
+    params
+        PDE parameters, written as ``param_<name>`` global attributes.
+    info
+        Per-field metadata; fields without it get ``long_name = name``, ``units = "1"``.
+    """
+    coords = {
+        d: xr.Variable(d, c, coord_attrs(d, d in grid.periodic)) for d, c in grid.coords.items()
+    }
+    data_vars = {}
+    for name, arr in fields.items():
+        arr = np.asarray(arr)
+        if arr.shape[1:] != grid.shape:
+            raise DataError(
+                f"field {name!r} has grid shape {arr.shape[1:]}, expected {grid.shape} "
+                f"for dims {grid.dims}"
+            )
+        fi = (info or {}).get(name, FieldInfo(long_name=name))
+        attrs = {"long_name": fi.long_name, "units": fi.units, "role": fi.role}
+        data_vars[name] = xr.Variable((SAMPLE_DIM, *grid.dims), arr.astype(dtype), attrs)
+    attrs = {"Conventions": CONVENTIONS, "pde": pde, "source": source,
+             "history": history_line(history)}
+    attrs.update({PARAM_PREFIX + k: float(v) for k, v in (params or {}).items()})
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def dataset_params(ds: xr.Dataset) -> dict[str, float]:
+    """The PDE parameters stored in ``param_<name>`` attributes."""
+    return {
+        k[len(PARAM_PREFIX):]: float(v) for k, v in ds.attrs.items() if k.startswith(PARAM_PREFIX)
+    }
+
+
+def field_dims(ds: xr.Dataset, variables: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """Grid dims shared by ``variables`` (all data variables by default), sample dim removed."""
+    variables = tuple(variables or ds.data_vars)
+    missing = [v for v in variables if v not in ds.data_vars]
+    if missing:
+        raise DataError(f"variable(s) {missing} not in dataset; it has {list(ds.data_vars)}")
+    dims = {tuple(d for d in ds[v].dims if d != SAMPLE_DIM) for v in variables}
+    if len(dims) != 1:
+        raise DataError(f"variables {variables} do not share grid dims: {sorted(dims)}")
+    return dims.pop()
+
+
+def grid_from_dataset(ds: xr.Dataset, dims: tuple[str, ...] | None = None) -> Grid:
+    """The :class:`~pdediff.pde.base.Grid` of ``ds`` (periodic dims from coord attrs)."""
+    dims = dims or field_dims(ds)
+    missing = [d for d in dims if d not in ds.coords]
+    if missing:
+        raise DataError(f"dims {missing} have no coordinate variable; pdediff needs the grid "
+                        "coordinates in physical units to compute finite differences")
+    periodic = frozenset(d for d in dims if int(ds[d].attrs.get("periodic", 0)))
+    return Grid({d: ds[d].values for d in dims}, periodic=periodic)
+
+
+def check_finite(ds: xr.Dataset, where: str = "dataset") -> None:
+    """Raise :class:`DataError` naming the variable and sample of the first NaN/inf."""
+    for name, var in ds.data_vars.items():
+        bad = ~np.isfinite(np.asarray(var.values, dtype=np.float64))
+        if bad.any():
+            idx = np.argwhere(bad)[0]
+            raise DataError(
+                f"{where}: variable {name!r} has {int(bad.sum())} NaN/inf value(s), the first "
+                f"at index {dict(zip(var.dims, idx.tolist(), strict=True))}"
+            )
