@@ -1,0 +1,5 @@
+import sys
+
+from pdediff.cli import main
+
+sys.exit(main())

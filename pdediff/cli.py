@@ -1,0 +1,171 @@
+"""The ``pdediff`` command line: generate, inspect, import, plot, demo.
+
+Every user-facing error (bad value, missing file or key, existing output) is printed as one
+line naming what is wrong, with exit status 2 and no partial output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from pdediff.errors import PdediffError
+
+
+def _params(pairs: list[str] | None) -> dict[str, float]:
+    out = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise PdediffError(f"--param expects NAME=NUMBER, got {pair!r}") from None
+    return out
+
+
+def _mapping(pairs: list[str] | None) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        src, sep, dst = pair.partition("=")
+        if not sep or not src or not dst:
+            raise PdediffError(f"--var expects NAME_IN_FILE=NAME, got {pair!r}")
+        out[src] = dst
+    return out
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from pdediff.generate import generate, read_recipe
+    from pdediff.io.store import output_format, write_fields
+
+    recipe = read_recipe(args.recipe) if args.recipe else {}
+    family = args.family or recipe.get("family")
+    if not family:
+        raise PdediffError("give a PDE family (e.g. `pdediff generate darcy ...`) or --recipe")
+    output_format(args.output)  # fail on a bad suffix before any work
+    if Path(args.output).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    params = {**recipe.get("params", {}), **_params(args.param)}
+    n = args.n if args.n is not None else recipe.get("n", 16)
+    res = args.resolution if args.resolution is not None else recipe.get("resolution", 64)
+    seed = args.seed if args.seed is not None else recipe.get("seed", 0)
+    t0 = time.perf_counter()
+    ds = generate(family, n, res, seed=seed, params=params, workers=args.workers,
+                  scheduler=args.scheduler, progress=not args.quiet)
+    write_fields(ds, args.output, overwrite=args.overwrite)
+    dt = time.perf_counter() - t0
+    print(f"wrote {args.output}: {n} {family} samples at {res} ({dt:.1f} s, {n / dt:.2f} samples/s)")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from pdediff.inspection import format_report
+    from pdediff.io.store import open_fields
+
+    ds = open_fields(args.file)
+    print(format_report(ds, args.file, None if args.all else args.samples))
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from pdediff.io.importers import import_file
+
+    dims = tuple(args.dims.split(",")) if args.dims else None
+    ds = import_file(args.format, args.src, args.output, overwrite=args.overwrite,
+                     variables=_mapping(args.var), dims=dims, pde=args.pde, length=args.length)
+    print(f"wrote {args.output}: {dict(ds.sizes)}, variables {list(ds.data_vars)}")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from pdediff.io.store import atomic_path, open_fields
+    from pdediff.plot import plot_fields
+
+    ds = open_fields(args.file)
+    variables = args.variables.split(",") if args.variables else None
+    with atomic_path(args.output, args.overwrite) as tmp:
+        plot_fields(ds, tmp, variables, args.samples)  # tmp keeps the name, so the format
+    print(f"wrote {args.output}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from pdediff.demo import run_demo
+
+    run_demo(Path(args.out), seed=args.seed, resolution=args.resolution, n=args.n)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pdediff import __version__
+
+    p = argparse.ArgumentParser(prog="pdediff", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"pdediff {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate a dataset with a reference solver")
+    g.add_argument("family", nargs="?", help="darcy, poisson, helmholtz, burgers, navier_stokes")
+    g.add_argument("--recipe", help="TOML recipe (see datasets/); flags override it")
+    g.add_argument("--n", type=int, help="number of samples")
+    g.add_argument("--resolution", type=int, help="grid points per dim")
+    g.add_argument("--seed", type=int, help="master seed (same data for any --workers)")
+    g.add_argument("--param", action="append", metavar="NAME=VALUE",
+                   help="override a PDE parameter (repeatable), e.g. --param tau=4")
+    g.add_argument("--workers", type=int, default=1, help="local Dask worker processes")
+    g.add_argument("--scheduler", help="address of a running dask.distributed scheduler")
+    g.add_argument("-o", "--output", required=True, help="OUT.nc (NetCDF4) or OUT.zarr")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=cmd_generate)
+
+    i = sub.add_parser("inspect", help="variables, ranges, NaNs and PDE residual of a file")
+    i.add_argument("file")
+    i.add_argument("--samples", type=int, default=16, help="samples to compute residuals for")
+    i.add_argument("--all", action="store_true", help="residuals of every sample")
+    i.set_defaults(func=cmd_inspect)
+
+    m = sub.add_parser("import", help="convert PDEBench / FNO / neuraloperator / npy files")
+    m.add_argument("format", help="pdebench, fno-mat, neuraloperator, diffusionpde-npy")
+    m.add_argument("src", help="input file (or directory for diffusionpde-npy)")
+    m.add_argument("-o", "--output", required=True, help="OUT.nc or OUT.zarr")
+    m.add_argument("--var", action="append", metavar="IN=OUT",
+                   help="rename a variable of the file (repeatable), e.g. --var coeff=a")
+    m.add_argument("--dims", help="grid dim names, comma separated, e.g. t,x")
+    m.add_argument("--pde", help="PDE family of the data (written to attrs)")
+    m.add_argument("--length", type=float, default=1.0,
+                   help="domain length when the file has no coordinates")
+    m.add_argument("--overwrite", action="store_true")
+    m.set_defaults(func=cmd_import)
+
+    pl = sub.add_parser("plot", help="figure of a few samples of a field file")
+    pl.add_argument("file")
+    pl.add_argument("-o", "--output", required=True, help="figure path (.png, .pdf, .svg)")
+    pl.add_argument("--variables", help="comma-separated variables (default: all)")
+    pl.add_argument("--samples", type=int, default=4)
+    pl.add_argument("--overwrite", action="store_true")
+    pl.set_defaults(func=cmd_plot)
+
+    d = sub.add_parser("demo", help="the main job for a newcomer (see README)")
+    d.add_argument("--out", default="pdediff-demo", help="folder for the demo's outputs")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--resolution", type=int, default=64)
+    d.add_argument("--n", type=int, default=8)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (PdediffError, FileExistsError, FileNotFoundError) as e:
+        print(f"pdediff {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pdediff {args.command}: interrupted; no output was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

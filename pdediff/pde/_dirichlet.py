@@ -1,0 +1,212 @@
+"""Shared pieces of the Dirichlet problems on a box (Darcy, Poisson, Helmholtz).
+
+All three families live on a node grid of ``[0, L_y] x [0, L_x]`` that includes the
+boundary nodes, where ``u = 0``; the unknowns are the interior nodes.  This module holds
+
+* the sparse matrix of ``-div(c grad .)`` on the interior nodes (the conservative
+  five-point scheme, face coefficients by arithmetic mean) and the direct solve that
+  returns the full grid with its zero boundary;
+* the torch stencils of the same operators, so that the residual of a reference solution
+  is at round-off;
+* input checks shared by the three families.
+
+The face-coefficient choice follows the FNO Darcy data (Li et al. 2021, "Fourier Neural
+Operator for Parametric Partial Differential Equations", arXiv 2010.08895), which
+DiffusionPDE (Huang et al. 2024, arXiv 2406.17763) trains on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
+import torch
+
+from pdediff.pde.base import Array, Grid, PDEError
+
+DIMS = ("y", "x")
+BOUNDARY = (
+    "Dirichlet: u = 0 on the four sides of the box; the boundary nodes are part of the "
+    "grid and hold u = 0, the residual covers the interior nodes only"
+)
+
+
+def spacing(grid: Grid, min_points: int) -> tuple[float, float]:
+    """``(hy, hx)`` of a non-periodic ``("y", "x")`` node grid with enough points.
+
+    Raises
+    ------
+    PDEError
+        If the grid has other dims, a periodic dim, too few points or is not uniform.
+    """
+    if grid.dims != DIMS:
+        raise PDEError(f"grid dims must be {DIMS} for a Dirichlet box problem, got {grid.dims}")
+    if grid.periodic:
+        raise PDEError(
+            f"grid has periodic dim(s) {sorted(grid.periodic)}, but this problem has a "
+            "Dirichlet boundary: use a node grid (pdediff.pde.node_grid)"
+        )
+    if min(grid.shape) < min_points:
+        raise PDEError(
+            f"grid shape {grid.shape} is too small: at least {min_points} points per dim"
+        )
+    return grid.spacing("y"), grid.spacing("x")
+
+
+def check_array(inputs: Mapping[str, Array], name: str, grid: Grid) -> Array:
+    """Input field ``name`` as a finite float64 array of the grid's shape."""
+    if name not in inputs:
+        raise PDEError(f"missing input field {name!r}; got {sorted(inputs)}")
+    arr = np.asarray(inputs[name], dtype=np.float64)
+    if arr.shape != grid.shape:
+        raise PDEError(f"field {name!r} must have shape {grid.shape} (the grid), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise PDEError(f"field {name!r} has non-finite values")
+    return arr
+
+
+def check_tensors(
+    fields: Mapping[str, torch.Tensor], names: Sequence[str], grid: Grid
+) -> tuple[torch.Tensor, ...]:
+    """The tensors ``fields[name]`` for ``names``, each checked to be ``(N, *grid.shape)``
+    with one common ``N``."""
+    out = []
+    for name in names:
+        if name not in fields:
+            raise PDEError(f"missing field {name!r}; expected {list(names)}, got {sorted(fields)}")
+        t = fields[name]
+        if not isinstance(t, torch.Tensor):
+            raise PDEError(f"field {name!r} must be a torch.Tensor, got {type(t).__name__}")
+        expected = ("N", *grid.shape)
+        if t.ndim != 3 or tuple(t.shape[1:]) != grid.shape:
+            raise PDEError(f"field {name!r} must have shape {expected}, got {tuple(t.shape)}")
+        if out and t.shape[0] != out[0].shape[0]:
+            raise PDEError(
+                f"field {name!r} has batch size {t.shape[0]}, but field {names[0]!r} has "
+                f"{out[0].shape[0]}"
+            )
+        out.append(t)
+    return tuple(out)
+
+
+def neg_div_c_grad_matrix(c: Array, hy: float, hx: float) -> scipy.sparse.csc_array:
+    """Sparse matrix of ``-div(c grad u)`` on the interior nodes, ``u = 0`` on the boundary.
+
+    Conservative five-point scheme: with face coefficients
+    ``c_{i+1/2,j} = (c_{i,j} + c_{i+1,j}) / 2`` (likewise in ``x``),
+
+        (A u)_{ij} = -[c_{i+1/2,j} (u_{i+1,j} - u_{ij}) - c_{i-1/2,j} (u_{ij} - u_{i-1,j})] / hy^2
+                     - [c_{i,j+1/2} (u_{i,j+1} - u_{ij}) - c_{i,j-1/2} (u_{ij} - u_{i,j-1})] / hx^2.
+
+    Parameters
+    ----------
+    c
+        Coefficient on the full node grid, shape ``(ny, nx)``; positive for an SPD matrix.
+    hy, hx
+        Grid spacings.
+
+    Returns
+    -------
+    scipy.sparse.csc_array
+        Symmetric ``(m, m)`` matrix, ``m = (ny - 2)(nx - 2)``, unknowns in C order.
+    """
+    cy = 0.5 * (c[1:, :] + c[:-1, :])  # face (i+1/2, j), shape (ny-1, nx)
+    cx = 0.5 * (c[:, 1:] + c[:, :-1])  # face (i, j+1/2), shape (ny, nx-1)
+    south = cy[:-1, 1:-1] / hy**2
+    north = cy[1:, 1:-1] / hy**2
+    west = cx[1:-1, :-1] / hx**2
+    east = cx[1:-1, 1:] / hx**2
+    idx = np.arange(south.size).reshape(south.shape)
+    # Couplings only between interior nodes: a neighbour on the boundary holds u = 0, so
+    # its column drops out (a nonzero boundary value would move to the right-hand side).
+    rows = [idx, idx[:-1, :], idx[1:, :], idx[:, :-1], idx[:, 1:]]
+    cols = [idx, idx[1:, :], idx[:-1, :], idx[:, 1:], idx[:, :-1]]
+    vals = [
+        south + north + west + east,
+        -north[:-1, :],
+        -south[1:, :],
+        -east[:, :-1],
+        -west[:, 1:],
+    ]
+    data = np.concatenate([v.ravel() for v in vals])
+    ij = (np.concatenate([r.ravel() for r in rows]), np.concatenate([k.ravel() for k in cols]))
+    return scipy.sparse.csc_array((data, ij), shape=(idx.size, idx.size))
+
+
+def solve_interior(matrix: scipy.sparse.sparray, rhs: Array) -> Array:
+    """Solve ``matrix u = rhs`` on the interior nodes; return the full grid, zero boundary.
+
+    Parameters
+    ----------
+    matrix
+        Interior operator from :func:`neg_div_c_grad_matrix` (possibly shifted).
+    rhs
+        Right-hand side on the full node grid, shape ``(ny, nx)``; its boundary is ignored.
+    """
+    # A sparse LU (SuperLU) rather than spsolve: a singular matrix raises instead of
+    # returning NaNs with a warning.
+    try:
+        lu = scipy.sparse.linalg.splu(matrix.tocsc())
+    except RuntimeError as err:
+        raise PDEError(f"the discrete operator is singular: {err}") from err
+    u = np.zeros(rhs.shape, dtype=np.float64)
+    u[1:-1, 1:-1] = lu.solve(rhs[1:-1, 1:-1].ravel()).reshape(u[1:-1, 1:-1].shape)
+    return u
+
+
+def div_c_grad(c: torch.Tensor, u: torch.Tensor, hy: float, hx: float) -> torch.Tensor:
+    """``div(c grad u)`` on the interior nodes, the stencil of :func:`neg_div_c_grad_matrix`.
+
+    Parameters
+    ----------
+    c, u
+        Tensors ``(..., ny, nx)`` on the node grid.
+    hy, hx
+        Grid spacings.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., ny - 2, nx - 2)``; equals ``-(A u)`` of the sparse matrix up to round-off.
+    """
+    flux_y = 0.5 * (c[..., 1:, :] + c[..., :-1, :]) * (u[..., 1:, :] - u[..., :-1, :])
+    flux_x = 0.5 * (c[..., :, 1:] + c[..., :, :-1]) * (u[..., :, 1:] - u[..., :, :-1])
+    return (flux_y[..., 1:, 1:-1] - flux_y[..., :-1, 1:-1]) / hy**2 + (
+        flux_x[..., 1:-1, 1:] - flux_x[..., 1:-1, :-1]
+    ) / hx**2
+
+
+def laplacian(u: torch.Tensor, hy: float, hx: float) -> torch.Tensor:
+    """Five-point Laplacian of ``u`` (``(..., ny, nx)``) on the interior nodes."""
+    centre = u[..., 1:-1, 1:-1]
+    d2y = (u[..., 2:, 1:-1] - 2.0 * centre + u[..., :-2, 1:-1]) / hy**2
+    d2x = (u[..., 1:-1, 2:] - 2.0 * centre + u[..., 1:-1, :-2]) / hx**2
+    return d2y + d2x
+
+
+def interior(t: torch.Tensor) -> torch.Tensor:
+    """The interior nodes ``(..., ny - 2, nx - 2)`` of a node-grid tensor."""
+    return t[..., 1:-1, 1:-1]
+
+
+def boundary_residual(u: torch.Tensor) -> torch.Tensor:
+    """Residual of the Dirichlet condition ``u = 0``: the boundary values of ``u``.
+
+    The interior residual (``PDEFamily.terms``) does not see the boundary nodes; add a
+    penalty on this one where the boundary values are not imposed by construction.
+
+    Parameters
+    ----------
+    u
+        ``(..., ny, nx)`` on the node grid.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., 2 nx + 2 (ny - 2))``: bottom row, top row, then left and right columns
+        without the corners.
+    """
+    sides = [u[..., 0, :], u[..., -1, :], u[..., 1:-1, 0], u[..., 1:-1, -1]]
+    return torch.cat(sides, dim=-1)

@@ -1,0 +1,113 @@
+"""Poisson's equation on a box: ``lap u = a`` on ``[0, L]^2``, ``u = 0`` on the boundary.
+
+The DiffusionPDE Poisson benchmark (Huang et al. 2024, "DiffusionPDE: Generative PDE-Solving
+Under Partial Observation", arXiv 2406.17763): the source ``a`` is a Gaussian random field
+``N(0, (-Delta + tau^2)^{-alpha})`` with ``alpha = 2``, ``tau = 3``, drawn in the cosine
+basis as the FNO data (Li et al. 2021, arXiv 2010.08895), not thresholded.
+
+The reference solver is the five-point Laplacian on the interior nodes, solved by a sparse
+LU; :func:`terms` is the same stencil in torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from pdediff.pde import _dirichlet
+from pdediff.pde._dirichlet import boundary_residual
+from pdediff.pde.base import Array, FieldInfo, Grid, Params, PDEFamily, node_grid
+from pdediff.pde.grf import grf_neumann
+
+__all__ = ["FAMILY", "boundary_residual", "make_grid", "sample", "solve", "terms"]
+
+MIN_RESOLUTION = 5
+
+
+def make_grid(resolution: int, params: Params) -> Grid:
+    """Node grid of ``resolution^2`` points on ``[0, length]^2``, boundaries included."""
+    return node_grid(resolution, _dirichlet.DIMS, FAMILY.params(params)["length"])
+
+
+def sample(rng: np.random.Generator, grid: Grid, params: Params) -> dict[str, Array]:
+    """Draw the source ``a ~ N(0, (-Delta + tau^2)^{-alpha})`` (cosine basis).
+
+    Returns
+    -------
+    dict
+        ``{"a": float64 array of grid.shape}``.
+    """
+    p = FAMILY.params(params)
+    _dirichlet.spacing(grid, MIN_RESOLUTION)
+    return {"a": grf_neumann(rng, grid.shape, p["alpha"], p["tau"])}
+
+
+def solve(inputs: Mapping[str, Array], grid: Grid, params: Params) -> dict[str, Array]:
+    """Reference solution of ``lap u = a``, ``u = 0`` on the boundary.
+
+    Parameters
+    ----------
+    inputs
+        ``{"a": source, shape grid.shape}``; its boundary values do not enter.
+    grid
+        Node grid with dims ``("y", "x")``; the spacing is read from its coordinates.
+    params
+        Family parameters (checked; none enters the solve).
+
+    Returns
+    -------
+    dict
+        ``{"a": a, "u": u}``, float64 arrays of ``grid.shape``.
+    """
+    FAMILY.params(params)
+    hy, hx = _dirichlet.spacing(grid, MIN_RESOLUTION)
+    a = _dirichlet.check_array(inputs, "a", grid)
+    # The matrix is -lap (c = 1), hence the sign of the right-hand side.
+    matrix = _dirichlet.neg_div_c_grad_matrix(np.ones(grid.shape), hy, hx)
+    return {"a": a, "u": _dirichlet.solve_interior(matrix, -a)}
+
+
+def terms(
+    fields: Mapping[str, torch.Tensor], grid: Grid, params: Params
+) -> dict[str, torch.Tensor]:
+    """Terms of the interior residual ``r = lap u - a`` (five-point Laplacian).
+
+    The Dirichlet condition ``u = 0`` is not part of these terms: it concerns the boundary
+    nodes, see :func:`boundary_residual`.
+
+    Parameters
+    ----------
+    fields
+        ``{"a": (N, ny, nx), "u": (N, ny, nx)}`` tensors on the node grid.
+    grid, params
+        The grid (spacing from its coordinates) and family parameters.
+
+    Returns
+    -------
+    dict
+        ``{"lap u": ..., "-a": ...}``, each ``(N, ny - 2, nx - 2)``.
+    """
+    FAMILY.params(params)
+    hy, hx = _dirichlet.spacing(grid, MIN_RESOLUTION)
+    a, u = _dirichlet.check_tensors(fields, ("a", "u"), grid)
+    return {"lap u": _dirichlet.laplacian(u, hy, hx), "-a": -_dirichlet.interior(a)}
+
+
+FAMILY = PDEFamily(
+    name="poisson",
+    equation="lap u = a on [0, L]^2",
+    boundary=_dirichlet.BOUNDARY,
+    fields={
+        "a": FieldInfo("source", role="coefficient"),
+        "u": FieldInfo("solution", role="solution"),
+    },
+    dims=_dirichlet.DIMS,
+    defaults={"alpha": 2.0, "tau": 3.0, "length": 1.0},
+    make_grid=make_grid,
+    sample=sample,
+    solve=solve,
+    terms=terms,
+    min_resolution=MIN_RESOLUTION,
+)
