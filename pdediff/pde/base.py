@@ -82,6 +82,11 @@ class Grid:
         n = self.coords[dim].size
         return self.spacing(dim) * (n if dim in self.periodic else n - 1)
 
+    @property
+    def lengths(self) -> tuple[float, ...]:
+        """Domain length of every dim, in order (see :meth:`length`)."""
+        return tuple(self.length(d) for d in self.dims)
+
     def mesh(self) -> tuple[Array, ...]:
         """Coordinate arrays broadcast to the grid shape (``indexing="ij"``)."""
         return tuple(np.meshgrid(*self.coords.values(), indexing="ij"))
@@ -188,4 +193,5 @@ class PDEFamily:
         terms = self.terms(fields, grid, params)
         r = sum(terms.values())
         norms = torch.stack([t.flatten(1).norm(dim=1) for t in terms.values()])
-        return r.flatten(1).norm(dim=1) / norms.max(dim=0).values.clamp_min(1e-300)
+        scale = norms.max(dim=0).values.clamp_min(torch.finfo(r.dtype).tiny)  # 0/0 -> 0
+        return r.flatten(1).norm(dim=1) / scale

@@ -48,7 +48,7 @@ def sample(rng: np.random.Generator, grid: Grid, params: Params) -> dict[str, Ar
     """
     p = FAMILY.params(params)
     _dirichlet.spacing(grid, MIN_RESOLUTION)
-    g = grf_neumann(rng, grid.shape, p["alpha"], p["tau"])
+    g = grf_neumann(rng, grid.shape, p["alpha"], p["tau"], lengths=grid.lengths)
     return {"a": np.where(g >= 0.0, p["a_high"], p["a_low"])}
 
 

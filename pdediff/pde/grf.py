@@ -77,17 +77,24 @@ def grf_neumann(
     alpha: float,
     tau: float,
     sigma: float | None = None,
+    lengths: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """GRF in the cosine basis on ``[0, 1]^d`` (homogeneous Neumann eigenfunctions).
+    """GRF in the cosine basis on ``[0, L_1] x ... x [0, L_d]`` (Neumann eigenfunctions).
 
-    The coefficient of mode ``k`` is ``sigma (pi^2 |k|^2 + tau^2)^{-alpha/2} xi_k`` with
-    ``xi_k ~ N(0, 1)``, synthesised by an orthonormal inverse DCT-II and scaled by the
-    square root of the number of points (FNO's ``GRF.m`` multiplies by ``s`` on an ``s x s``
-    grid) (default ``sigma = tau^(alpha - 1)``).
+    The coefficient of mode ``k`` is ``sigma (pi^2 sum_i k_i^2 / L_i^2 + tau^2)^{-alpha/2}
+    xi_k`` with ``xi_k ~ N(0, 1)`` (default ``sigma = tau^(alpha - 1)`` and unit lengths, as
+    in FNO's ``GRF.m``), synthesised by an orthonormal inverse DCT-II and scaled by the square
+    root of the number of points (``GRF.m`` multiplies by ``s`` on an ``s x s`` grid).  The
+    DCT-II samples the modes at cell centres, as ``GRF.m`` does; on a node grid that is a
+    half-cell shift of a stationary field and does not change its law.
     """
     shape = tuple(int(s) for s in shape)
     sigma = tau ** (alpha - 1.0) if sigma is None else sigma
-    ks = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
+    lengths = tuple(lengths) if lengths is not None else (1.0,) * len(shape)
+    ks = np.meshgrid(
+        *[np.arange(n, dtype=np.float64) / L for n, L in zip(shape, lengths, strict=True)],
+        indexing="ij",
+    )
     k2 = sum(k**2 for k in ks)
     coef = sigma * (np.pi**2 * k2 + tau**2) ** (-alpha / 2.0)
     coef.flat[0] = 0.0

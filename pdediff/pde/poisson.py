@@ -41,7 +41,7 @@ def sample(rng: np.random.Generator, grid: Grid, params: Params) -> dict[str, Ar
     """
     p = FAMILY.params(params)
     _dirichlet.spacing(grid, MIN_RESOLUTION)
-    return {"a": grf_neumann(rng, grid.shape, p["alpha"], p["tau"])}
+    return {"a": grf_neumann(rng, grid.shape, p["alpha"], p["tau"], lengths=grid.lengths)}
 
 
 def solve(inputs: Mapping[str, Array], grid: Grid, params: Params) -> dict[str, Array]:

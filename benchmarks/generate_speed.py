@@ -1,0 +1,79 @@
+"""Dataset generation speed: samples per second for a PDE family at given resolutions and
+numbers of Dask workers.  Prints a table and saves it (JSON) with the command, seed and machine.
+
+    python benchmarks/generate_speed.py --family darcy --resolutions 64 128 --workers 1 2 \
+        --n 200 --out benchmarks/results/generate_speed_darcy.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pdediff import __version__
+from pdediff.generate import generate
+
+
+def machine() -> dict:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "pdediff": __version__,
+    }
+
+
+def time_generate(family: str, n: int, resolution: int, workers: int, seed: int) -> dict:
+    t0 = time.perf_counter()
+    ds = generate(family, n, resolution, seed=seed, workers=workers, progress=False)
+    wall = time.perf_counter() - t0
+    assert ds.sizes["sample"] == n
+    return {"family": family, "resolution": resolution, "workers": workers, "n": n,
+            "seconds": round(wall, 3), "samples_per_s": round(n / wall, 2)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--family", default="darcy")
+    p.add_argument("--resolutions", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON file for the results")
+    args = p.parse_args(argv)
+    rows = []
+    for res in args.resolutions:
+        for w in args.workers:
+            row = time_generate(args.family, args.n, res, w, args.seed)
+            rows.append(row)
+            print(f"{row['family']:<14} {res:>4}^2  workers {w}  {row['n']} samples  "
+                  f"{row['seconds']:8.2f} s  {row['samples_per_s']:8.2f} samples/s", flush=True)
+    result = {
+        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]),
+        "note": "wall time of pdediff.generate, including Dask LocalCluster start-up when "
+                "workers > 1; one process per worker, one thread each",
+        "seed": args.seed,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rows": rows,
+    }
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()
