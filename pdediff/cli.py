@@ -72,11 +72,14 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     from pdediff.io.importers import import_file
+    from pdediff.io.store import open_fields
 
     dims = tuple(args.dims.split(",")) if args.dims else None
-    ds = import_file(args.format, args.src, args.output, overwrite=args.overwrite,
-                     variables=_mapping(args.var), dims=dims, pde=args.pde, length=args.length)
-    print(f"wrote {args.output}: {dict(ds.sizes)}, variables {list(ds.data_vars)}")
+    path = import_file(args.format, args.src, args.output, overwrite=args.overwrite,
+                       variables=_mapping(args.var), dims=dims, pde=args.pde, length=args.length)
+    ds = open_fields(path)
+    print(f"wrote {path}: {dict(ds.sizes)}, variables {list(ds.data_vars)}, "
+          f"pde {ds.attrs.get('pde')!r}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:

@@ -72,8 +72,13 @@ def make_dataset(
         d: xr.Variable(d, c, coord_attrs(d, d in grid.periodic)) for d, c in grid.coords.items()
     }
     data_vars = {}
+    sizes = {name: np.shape(arr)[0] if np.ndim(arr) else 0 for name, arr in fields.items()}
+    if len(set(sizes.values())) > 1:
+        raise DataError(f"fields have different numbers of samples: {sizes}")
     for name, arr in fields.items():
         arr = np.asarray(arr)
+        if name in grid.dims or name == SAMPLE_DIM:
+            raise DataError(f"field name {name!r} clashes with a dim name; rename the field")
         if arr.shape[1:] != grid.shape:
             raise DataError(
                 f"field {name!r} has grid shape {arr.shape[1:]}, expected {grid.shape} "
@@ -121,7 +126,7 @@ def grid_from_dataset(ds: xr.Dataset, dims: tuple[str, ...] | None = None) -> Gr
 def check_finite(ds: xr.Dataset, where: str = "dataset") -> None:
     """Raise :class:`DataError` naming the variable and sample of the first NaN/inf."""
     for name, var in ds.data_vars.items():
-        bad = ~np.isfinite(np.asarray(var.values, dtype=np.float64))
+        bad = ~np.isfinite(np.asarray(var.values))
         if bad.any():
             idx = np.argwhere(bad)[0]
             raise DataError(

@@ -90,13 +90,14 @@ def detect_format(path: str | os.PathLike) -> str:
             return "zarr"
         raise DataError(f"{path} is a directory but not a zarr store (no zarr.json or .zgroup)")
     with open(path, "rb") as f:
-        head = f.read(8)
-    if head.startswith(HDF5_SIGNATURE):
+        head = f.read(2056)
+    # HDF5 allows a user block of 512 * 2^k bytes before the signature (MATLAB v7.3 has one)
+    if any(head[o:o + 8] == HDF5_SIGNATURE for o in (0, 512, 1024, 2048)):
         return "netcdf4"
     if head.startswith(NETCDF3_SIGNATURE):
         return "netcdf3"
     raise DataError(f"{path} is neither NetCDF (HDF5-based or classic) nor zarr "
-                    f"(first bytes {head!r})")
+                    f"(first bytes {head[:8]!r})")
 
 
 def open_fields(path: str | os.PathLike, load: bool = True) -> xr.Dataset:

@@ -64,13 +64,14 @@ class Grid:
         return tuple(c.size for c in self.coords.values())
 
     def spacing(self, dim: str) -> float:
-        """Grid spacing along ``dim``, checked to be uniform (relative tolerance 1e-6)."""
+        """Grid spacing along ``dim``, checked to be uniform (relative tolerance 1e-4, so
+        coordinates stored in float32 pass)."""
         if dim not in self.coords:
             raise PDEError(f"grid has no dim {dim!r}; it has {self.dims}")
         c = self.coords[dim]
         d = np.diff(c)
         h = float(d.mean())
-        if h <= 0 or not np.allclose(d, h, rtol=1e-6, atol=0.0):
+        if h <= 0 or not np.allclose(d, h, rtol=1e-4, atol=0.0):
             raise PDEError(
                 f"coordinate {dim!r} is not uniform and increasing (spacings from "
                 f"{d.min():.6g} to {d.max():.6g}); pdediff's finite differences need a uniform grid"
