@@ -323,7 +323,7 @@ def test_import_file_round_trip(tmp_path):
     back = open_fields(out)
     ds = import_dataset("neuraloperator", NEURALOP / "darcy_test_16.pt")
     xr.testing.assert_identical(without_volatile(back), without_volatile(ds))
-    assert "pdediff import --format neuraloperator" in back.attrs["history"]
+    assert "import neuraloperator " in back.attrs["history"]
     assert str(NEURALOP / "darcy_test_16.pt") in back.attrs["history"]
     with pytest.raises(FileExistsError, match="overwrite"):
         import_file("neuraloperator", NEURALOP / "darcy_test_16.pt", out)

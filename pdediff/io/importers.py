@@ -918,5 +918,5 @@ def import_file(
         raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     ds = import_dataset(fmt, src, **options)
     check_finite(ds, where=f"{os.fspath(src)} ({fmt})")
-    ds.attrs["history"] = history_line(f"pdediff import {fmt} {os.fspath(src)} -o {out}")
+    ds.attrs["history"] = history_line(f"import {fmt} {os.fspath(src)} -o {out}")
     return write_fields(ds, out, overwrite=overwrite)
