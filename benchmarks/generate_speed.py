@@ -40,8 +40,14 @@ def time_generate(family: str, n: int, resolution: int, workers: int, seed: int)
     ds = generate(family, n, resolution, seed=seed, workers=workers, progress=False)
     wall = time.perf_counter() - t0
     assert ds.sizes["sample"] == n
-    return {"family": family, "resolution": resolution, "workers": workers, "n": n,
-            "seconds": round(wall, 3), "samples_per_s": round(n / wall, 2)}
+    return {
+        "family": family,
+        "resolution": resolution,
+        "workers": workers,
+        "n": n,
+        "seconds": round(wall, 3),
+        "samples_per_s": round(n / wall, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,12 +64,15 @@ def main(argv: list[str] | None = None) -> None:
         for w in args.workers:
             row = time_generate(args.family, args.n, res, w, args.seed)
             rows.append(row)
-            print(f"{row['family']:<14} {res:>4}^2  workers {w}  {row['n']} samples  "
-                  f"{row['seconds']:8.2f} s  {row['samples_per_s']:8.2f} samples/s", flush=True)
+            print(
+                f"{row['family']:<14} {res:>4}^2  workers {w}  {row['n']} samples  "
+                f"{row['seconds']:8.2f} s  {row['samples_per_s']:8.2f} samples/s",
+                flush=True,
+            )
     result = {
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]),
         "note": "wall time of pdediff.generate, including Dask LocalCluster start-up when "
-                "workers > 1; one process per worker, one thread each",
+        "workers > 1; one process per worker, one thread each",
         "seed": args.seed,
         "machine": machine(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

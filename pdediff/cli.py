@@ -55,11 +55,21 @@ def cmd_generate(args: argparse.Namespace) -> None:
     res = args.resolution if args.resolution is not None else recipe.get("resolution", 64)
     seed = args.seed if args.seed is not None else recipe.get("seed", 0)
     t0 = time.perf_counter()
-    ds = generate(family, n, res, seed=seed, params=params, workers=args.workers,
-                  scheduler=args.scheduler, progress=not args.quiet)
+    ds = generate(
+        family,
+        n,
+        res,
+        seed=seed,
+        params=params,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        progress=not args.quiet,
+    )
     write_fields(ds, args.output, overwrite=args.overwrite)
     dt = time.perf_counter() - t0
-    print(f"wrote {args.output}: {n} {family} samples at {res} ({dt:.1f} s, {n / dt:.2f} samples/s)")
+    print(
+        f"wrote {args.output}: {n} {family} samples at {res} ({dt:.1f} s, {n / dt:.2f} samples/s)"
+    )
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -75,11 +85,21 @@ def cmd_import(args: argparse.Namespace) -> None:
     from pdediff.io.store import open_fields
 
     dims = tuple(args.dims.split(",")) if args.dims else None
-    path = import_file(args.format, args.src, args.output, overwrite=args.overwrite,
-                       variables=_mapping(args.var), dims=dims, pde=args.pde, length=args.length)
+    path = import_file(
+        args.format,
+        args.src,
+        args.output,
+        overwrite=args.overwrite,
+        variables=_mapping(args.var),
+        dims=dims,
+        pde=args.pde,
+        length=args.length,
+    )
     ds = open_fields(path)
-    print(f"wrote {path}: {dict(ds.sizes)}, variables {list(ds.data_vars)}, "
-          f"pde {ds.attrs.get('pde')!r}")
+    print(
+        f"wrote {path}: {dict(ds.sizes)}, variables {list(ds.data_vars)}, "
+        f"pde {ds.attrs.get('pde')!r}"
+    )
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -112,8 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n", type=int, help="number of samples")
     g.add_argument("--resolution", type=int, help="grid points per dim")
     g.add_argument("--seed", type=int, help="master seed (same data for any --workers)")
-    g.add_argument("--param", action="append", metavar="NAME=VALUE",
-                   help="override a PDE parameter (repeatable), e.g. --param tau=4")
+    g.add_argument(
+        "--param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="override a PDE parameter (repeatable), e.g. --param tau=4",
+    )
     g.add_argument("--workers", type=int, default=1, help="local Dask worker processes")
     g.add_argument("--scheduler", help="address of a running dask.distributed scheduler")
     g.add_argument("-o", "--output", required=True, help="OUT.nc (NetCDF4) or OUT.zarr")
@@ -131,12 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("format", help="pdebench, fno-mat, neuraloperator, diffusionpde-npy")
     m.add_argument("src", help="input file (or directory for diffusionpde-npy)")
     m.add_argument("-o", "--output", required=True, help="OUT.nc or OUT.zarr")
-    m.add_argument("--var", action="append", metavar="IN=OUT",
-                   help="rename a variable of the file (repeatable), e.g. --var coeff=a")
+    m.add_argument(
+        "--var",
+        action="append",
+        metavar="IN=OUT",
+        help="rename a variable of the file (repeatable), e.g. --var coeff=a",
+    )
     m.add_argument("--dims", help="grid dim names, comma separated, e.g. t,x")
     m.add_argument("--pde", help="PDE family of the data (written to attrs)")
-    m.add_argument("--length", type=float, default=1.0,
-                   help="domain length when the file has no coordinates")
+    m.add_argument(
+        "--length", type=float, default=1.0, help="domain length when the file has no coordinates"
+    )
     m.add_argument("--overwrite", action="store_true")
     m.set_defaults(func=cmd_import)
 

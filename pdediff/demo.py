@@ -26,8 +26,10 @@ def run_demo(out: Path, seed: int = 0, resolution: int = 64, n: int = 8) -> dict
     t0 = time.perf_counter()
     ds = generate("darcy", n, resolution, seed=seed)
     data = write_fields(ds, out / "darcy.nc", overwrite=True)
-    print(f"generated {n} Darcy samples at {resolution}x{resolution} in "
-          f"{time.perf_counter() - t0:.1f} s -> {data}")
+    print(
+        f"generated {n} Darcy samples at {resolution}x{resolution} in "
+        f"{time.perf_counter() - t0:.1f} s -> {data}"
+    )
     print(format_report(ds, str(data), max_samples=n))
     fig = out / "darcy.png"
     with atomic_path(fig, overwrite=True) as tmp:

@@ -35,7 +35,12 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def draw_block(
-    family: str, resolution: int, params: Mapping[str, float], seed: int, start: int, stop: int,
+    family: str,
+    resolution: int,
+    params: Mapping[str, float],
+    seed: int,
+    start: int,
+    stop: int,
     threads: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Samples ``start..stop-1``, stacked: ``{field: (stop - start, *grid.shape)}``."""
@@ -68,12 +73,14 @@ def _run_dask(args, blocks, bar, workers: int, scheduler: str | None) -> list[di
     if scheduler:
         client, cluster = Client(scheduler), None
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
         client = Client(cluster)
     try:
-        futures = [client.submit(draw_block, *args, start, stop, 1, pure=False)
-                   for start, stop in blocks]
+        futures = [
+            client.submit(draw_block, *args, start, stop, 1, pure=False) for start, stop in blocks
+        ]
         index = {f.key: i for i, f in enumerate(futures)}
         results: list[dict | None] = [None] * len(blocks)
         for fut in as_completed(futures):
@@ -134,7 +141,11 @@ def generate(
             results = _run_dask(args, blocks, bar, workers, scheduler)
     fields = {k: np.concatenate([r[k] for r in results]) for k in results[0]}
     return make_dataset(
-        fields, grid, pde=fam.name, params=full, info=fam.fields,
+        fields,
+        grid,
+        pde=fam.name,
+        params=full,
+        info=fam.fields,
         source=f"pdediff reference solver ({fam.equation}; {fam.boundary})",
         history=f"generate {family} n={n} resolution={resolution} seed={seed}",
     )

@@ -33,14 +33,22 @@ def summarise(ds: xr.Dataset) -> list[VariableSummary]:
         values = np.asarray(var.values, dtype=np.float64)
         finite = values[np.isfinite(values)]
         stats = (finite.min(), finite.max(), finite.mean()) if finite.size else (np.nan,) * 3
-        out.append(VariableSummary(str(name), tuple(map(str, var.dims)), var.shape,
-                                   str(var.attrs.get("units", "?")), *map(float, stats),
-                                   int(values.size - finite.size)))
+        out.append(
+            VariableSummary(
+                str(name),
+                tuple(map(str, var.dims)),
+                var.shape,
+                str(var.attrs.get("units", "?")),
+                *map(float, stats),
+                int(values.size - finite.size),
+            )
+        )
     return out
 
 
-def pde_residuals(ds: xr.Dataset, max_samples: int | None = None,
-                  batch: int = 16) -> np.ndarray | None:
+def pde_residuals(
+    ds: xr.Dataset, max_samples: int | None = None, batch: int = 16
+) -> np.ndarray | None:
     """Relative PDE residual ``||r|| / max_k ||term_k||`` of each sample, or None when the
     dataset names no known family (attribute ``pde``).
 
@@ -51,8 +59,10 @@ def pde_residuals(ds: xr.Dataset, max_samples: int | None = None,
         return None
     missing = [f for f in fam.fields if f not in ds.data_vars]
     if missing:
-        raise DataError(f"dataset says pde={fam.name!r} but lacks field(s) {missing}; it has "
-                        f"{list(ds.data_vars)}")
+        raise DataError(
+            f"dataset says pde={fam.name!r} but lacks field(s) {missing}; it has "
+            f"{list(ds.data_vars)}"
+        )
     grid = grid_from_dataset(ds, fam.dims)
     stored = dataset_params(ds)
     params = fam.params({k: v for k, v in stored.items() if k in fam.defaults})
@@ -61,9 +71,12 @@ def pde_residuals(ds: xr.Dataset, max_samples: int | None = None,
     with torch.no_grad():
         for start in range(0, n, batch):
             sel = ds.isel({SAMPLE_DIM: slice(start, min(start + batch, n))})
-            fields = {f: torch.from_numpy(np.asarray(
-                sel[f].transpose(SAMPLE_DIM, *fam.dims).values, dtype=np.float64))
-                for f in fam.fields}
+            fields = {
+                f: torch.from_numpy(
+                    np.asarray(sel[f].transpose(SAMPLE_DIM, *fam.dims).values, dtype=np.float64)
+                )
+                for f in fam.fields
+            }
             out.append(fam.relative_residual(fields, grid, params).numpy())
     return np.concatenate(out)
 
@@ -81,21 +94,29 @@ def format_report(ds: xr.Dataset, path: str, max_samples: int | None = 16) -> st
     for d in ds.coords:
         c = np.asarray(ds[d].values)
         if c.ndim == 1 and c.size:
-            lines.append(f"    {d:<8} {c.size:>6} points  {c.min():.6g} .. {c.max():.6g}  "
-                         f"[{ds[d].attrs.get('units', '?')}]"
-                         + ("  periodic" if ds[d].attrs.get("periodic") else ""))
+            lines.append(
+                f"    {d:<8} {c.size:>6} points  {c.min():.6g} .. {c.max():.6g}  "
+                f"[{ds[d].attrs.get('units', '?')}]"
+                + ("  periodic" if ds[d].attrs.get("periodic") else "")
+            )
     lines.append("  variables:")
     for s in summarise(ds):
-        lines.append(f"    {s.name:<8} {str(s.dims):<24} [{s.units}]  min {s.minimum:.4g}  "
-                     f"max {s.maximum:.4g}  mean {s.mean:.4g}  NaN/inf {s.nonfinite}")
+        lines.append(
+            f"    {s.name:<8} {str(s.dims):<24} [{s.units}]  min {s.minimum:.4g}  "
+            f"max {s.maximum:.4g}  mean {s.mean:.4g}  NaN/inf {s.nonfinite}"
+        )
     res = pde_residuals(ds, max_samples)
     if res is None:
-        lines.append("  PDE residual: no known family in attribute 'pde' "
-                     f"(known: {', '.join(sorted(FAMILIES))})")
+        lines.append(
+            "  PDE residual: no known family in attribute 'pde' "
+            f"(known: {', '.join(sorted(FAMILIES))})"
+        )
     else:
         fam = FAMILIES[ds.attrs["pde"]]
-        lines.append(f"  PDE residual ({fam.equation}; {fam.boundary}), relative to the largest "
-                     f"term, first {res.size} sample(s):")
+        lines.append(
+            f"  PDE residual ({fam.equation}; {fam.boundary}), relative to the largest "
+            f"term, first {res.size} sample(s):"
+        )
         lines.append(f"    median {np.median(res):.3e}  max {res.max():.3e}")
         lines.append("    " + "  ".join(f"{i}:{r:.2e}" for i, r in enumerate(res)))
     return "\n".join(lines)

@@ -19,8 +19,12 @@ def _image(var: xr.DataArray) -> tuple[np.ndarray, tuple[str, str]]:
     return np.asarray(var.values), (str(var.dims[0]), str(var.dims[1]))
 
 
-def plot_fields(ds: xr.Dataset, path: str | os.PathLike | None = None,
-                variables: list[str] | None = None, samples: int = 4):
+def plot_fields(
+    ds: xr.Dataset,
+    path: str | os.PathLike | None = None,
+    variables: list[str] | None = None,
+    samples: int = 4,
+):
     """One row per sample, one column per variable; returns the matplotlib Figure.
 
     Axes carry the physical coordinates; each panel has its own colour bar.
@@ -33,8 +37,13 @@ def plot_fields(ds: xr.Dataset, path: str | os.PathLike | None = None,
 
     variables = list(variables or ds.data_vars)
     n = min(samples, ds.sizes.get(SAMPLE_DIM, 1))
-    fig, axes = plt.subplots(n, len(variables), figsize=(3.2 * len(variables), 2.8 * n),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        n,
+        len(variables),
+        figsize=(3.2 * len(variables), 2.8 * n),
+        squeeze=False,
+        constrained_layout=True,
+    )
     for i in range(n):
         for j, v in enumerate(variables):
             var = ds[v].isel({SAMPLE_DIM: i}) if SAMPLE_DIM in ds[v].dims else ds[v]
@@ -42,8 +51,12 @@ def plot_fields(ds: xr.Dataset, path: str | os.PathLike | None = None,
             ax = axes[i, j]
             extent = None
             if dy in ds.coords and dx in ds.coords:
-                extent = [float(ds[dx].min()), float(ds[dx].max()),
-                          float(ds[dy].min()), float(ds[dy].max())]
+                extent = [
+                    float(ds[dx].min()),
+                    float(ds[dx].max()),
+                    float(ds[dy].min()),
+                    float(ds[dy].max()),
+                ]
             im = ax.imshow(img, origin="lower", extent=extent, aspect="auto", cmap="viridis")
             fig.colorbar(im, ax=ax, shrink=0.85)
             units = ds[v].attrs.get("units", "")

@@ -76,8 +76,24 @@ def test_generate_bad_input():
 
 def test_cli_generate_inspect_plot(tmp_path, capsys):
     out = tmp_path / "d.zarr"
-    assert main(["generate", "darcy", "--n", "3", "--resolution", "16", "--seed", "2",
-                 "-o", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "darcy",
+                "--n",
+                "3",
+                "--resolution",
+                "16",
+                "--seed",
+                "2",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     ds = open_fields(out)
     assert ds.sizes["sample"] == 3
     assert main(["inspect", str(out)]) == 0
@@ -90,8 +106,25 @@ def test_cli_generate_inspect_plot(tmp_path, capsys):
 
 def test_cli_generate_recipe_with_overrides(tmp_path):
     out = tmp_path / "h.nc"
-    assert main(["generate", "--recipe", str(REPO / "datasets" / "helmholtz.toml"), "--n", "2",
-                 "--resolution", "16", "--param", "k=2", "-o", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--recipe",
+                str(REPO / "datasets" / "helmholtz.toml"),
+                "--n",
+                "2",
+                "--resolution",
+                "16",
+                "--param",
+                "k=2",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     ds = open_fields(out)
     assert ds.attrs["pde"] == "helmholtz" and ds.attrs["param_k"] == 2.0 and ds.sizes["x"] == 16
 
@@ -101,8 +134,7 @@ def test_cli_generate_recipe_with_overrides(tmp_path):
     [
         (["generate", "nope", "--n", "2", "-o", "{tmp}/x.nc"], "unknown PDE family 'nope'"),
         (["generate", "darcy", "--n", "-1", "-o", "{tmp}/x.nc"], "positive integer"),
-        (["generate", "darcy", "--n", "2", "--resolution", "3", "-o", "{tmp}/x.nc"],
-         "too small"),
+        (["generate", "darcy", "--n", "2", "--resolution", "3", "-o", "{tmp}/x.nc"], "too small"),
         (["generate", "darcy", "--n", "2", "--param", "k", "-o", "{tmp}/x.nc"], "NAME=NUMBER"),
         (["generate", "darcy", "--n", "2", "-o", "{tmp}/x.txt"], "output format"),
         (["generate", "darcy", "--n", "2", "-o", "{tmp}/exists.nc"], "--overwrite"),

@@ -32,8 +32,10 @@ def _dataset(n=3, shape=(6, 8), periodic=False, seed=0):
     if shape[1] != shape[0]:
         from pdediff.pde.base import Grid
 
-        grid = Grid({"y": grid.coords["y"], "x": np.linspace(0, 3, shape[1])},
-                    periodic=grid.periodic & {"y"})
+        grid = Grid(
+            {"y": grid.coords["y"], "x": np.linspace(0, 3, shape[1])},
+            periodic=grid.periodic & {"y"},
+        )
     fields = {"a": rng.normal(3, 2, (n, *shape)), "u": rng.normal(-1, 0.1, (n, *shape))}
     info = {"a": FieldInfo("permeability", "m2", "coefficient"), "u": FieldInfo("pressure", "Pa")}
     return make_dataset(fields, grid, pde="darcy", params={"alpha": 2, "tau": 3}, info=info)
@@ -164,8 +166,13 @@ def test_check_finite_names_variable_and_index():
 
 
 @settings(max_examples=15, deadline=None)
-@given(n=st.integers(1, 3), h=st.integers(2, 9), w=st.integers(2, 9),
-       scale=st.floats(1e-3, 1e3), periodic=st.booleans())
+@given(
+    n=st.integers(1, 3),
+    h=st.integers(2, 9),
+    w=st.integers(2, 9),
+    scale=st.floats(1e-3, 1e3),
+    periodic=st.booleans(),
+)
 def test_fieldspec_round_trip_property(n, h, w, scale, periodic):
     rng = np.random.default_rng(h * 10 + w)
     grid = (periodic_grid if periodic else node_grid)(h, ("y",), 1.0)

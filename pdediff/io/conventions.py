@@ -87,8 +87,12 @@ def make_dataset(
         fi = (info or {}).get(name, FieldInfo(long_name=name))
         attrs = {"long_name": fi.long_name, "units": fi.units, "role": fi.role}
         data_vars[name] = xr.Variable((SAMPLE_DIM, *grid.dims), arr.astype(dtype), attrs)
-    attrs = {"Conventions": CONVENTIONS, "pde": pde, "source": source,
-             "history": history_line(history)}
+    attrs = {
+        "Conventions": CONVENTIONS,
+        "pde": pde,
+        "source": source,
+        "history": history_line(history),
+    }
     attrs.update({PARAM_PREFIX + k: float(v) for k, v in (params or {}).items()})
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
@@ -96,7 +100,7 @@ def make_dataset(
 def dataset_params(ds: xr.Dataset) -> dict[str, float]:
     """The PDE parameters stored in ``param_<name>`` attributes."""
     return {
-        k[len(PARAM_PREFIX):]: float(v) for k, v in ds.attrs.items() if k.startswith(PARAM_PREFIX)
+        k[len(PARAM_PREFIX) :]: float(v) for k, v in ds.attrs.items() if k.startswith(PARAM_PREFIX)
     }
 
 
@@ -117,8 +121,10 @@ def grid_from_dataset(ds: xr.Dataset, dims: tuple[str, ...] | None = None) -> Gr
     dims = dims or field_dims(ds)
     missing = [d for d in dims if d not in ds.coords]
     if missing:
-        raise DataError(f"dims {missing} have no coordinate variable; pdediff needs the grid "
-                        "coordinates in physical units to compute finite differences")
+        raise DataError(
+            f"dims {missing} have no coordinate variable; pdediff needs the grid "
+            "coordinates in physical units to compute finite differences"
+        )
     periodic = frozenset(d for d in dims if int(ds[d].attrs.get("periodic", 0)))
     return Grid({d: ds[d].values for d in dims}, periodic=periodic)
 

@@ -70,8 +70,9 @@ class FieldSpec:
         self.std = tuple(float(s) for s in self.std)
         n = len(self.variables)
         if len(self.mean) != n or len(self.std) != n:
-            raise DataError(f"FieldSpec: {n} variables but {len(self.mean)} means and "
-                            f"{len(self.std)} stds")
+            raise DataError(
+                f"FieldSpec: {n} variables but {len(self.mean)} means and {len(self.std)} stds"
+            )
         if any(not np.isfinite(s) or s <= 0 for s in self.std):
             raise DataError(f"FieldSpec: std must be positive and finite, got {self.std}")
 
@@ -109,8 +110,16 @@ class FieldSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> FieldSpec:
-        known = {"variables", "dims", "coords", "mean", "std", "attrs", "variable_attrs",
-                 "coord_attrs"}
+        known = {
+            "variables",
+            "dims",
+            "coords",
+            "mean",
+            "std",
+            "attrs",
+            "variable_attrs",
+            "coord_attrs",
+        }
         missing = {"variables", "dims", "coords", "mean", "std"} - set(d)
         if missing:
             raise DataError(f"FieldSpec JSON lacks key(s) {sorted(missing)}")
@@ -139,8 +148,10 @@ class FieldSpec:
         """Raise :class:`DataError` unless ``ds`` has the spec's variables on its grid."""
         missing = [v for v in self.variables if v not in ds.data_vars]
         if missing:
-            raise DataError(f"dataset lacks variable(s) {missing} of the spec "
-                            f"{list(self.variables)}; it has {list(ds.data_vars)}")
+            raise DataError(
+                f"dataset lacks variable(s) {missing} of the spec "
+                f"{list(self.variables)}; it has {list(ds.data_vars)}"
+            )
         dims = field_dims(ds, self.variables)
         if dims != self.dims:
             raise DataError(f"dataset dims {dims} differ from the spec's {self.dims}")
@@ -155,8 +166,9 @@ class FieldSpec:
                 )
             units = self.coord_attrs.get(d, {}).get("units")
             if units is not None and ds[d].attrs.get("units", units) != units:
-                raise DataError(f"coordinate {d!r} has units {ds[d].attrs['units']!r}, the "
-                                f"spec has {units!r}")
+                raise DataError(
+                    f"coordinate {d!r} has units {ds[d].attrs['units']!r}, the spec has {units!r}"
+                )
 
     # -- conversion -----------------------------------------------------------------------
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,14 +201,18 @@ class FieldSpec:
         """Inverse of :meth:`to_tensor`: a Dataset with the spec's coords and attrs."""
         expected = (len(self.variables), *self.shape)
         if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
-            raise DataError(f"tensor of shape {tuple(x.shape)} does not match the spec: "
-                            f"expected (N, {', '.join(map(str, expected))})")
+            raise DataError(
+                f"tensor of shape {tuple(x.shape)} does not match the spec: "
+                f"expected (N, {', '.join(map(str, expected))})"
+            )
         x = x.detach()
         if normalised:
             x = self.denormalise(x.double())
         values = x.cpu().double().numpy().astype(np.float32)
-        coords = {d: xr.Variable(d, np.asarray(self.coords[d]), self.coord_attrs.get(d, {}))
-                  for d in self.dims}
+        coords = {
+            d: xr.Variable(d, np.asarray(self.coords[d]), self.coord_attrs.get(d, {}))
+            for d in self.dims
+        }
         data_vars = {
             v: xr.Variable((SAMPLE_DIM, *self.dims), values[:, i], self.variable_attrs.get(v, {}))
             for i, v in enumerate(self.variables)

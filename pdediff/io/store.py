@@ -27,8 +27,10 @@ def output_format(path: str | os.PathLike) -> str:
     """``"netcdf"`` or ``"zarr"`` from the suffix of ``path``; a clear error otherwise."""
     suffix = Path(path).suffix.lower()
     if suffix not in WRITE_FORMATS:
-        raise DataError(f"cannot tell the output format of {str(path)!r}: use a path ending in "
-                        f"{', '.join(sorted(WRITE_FORMATS))}")
+        raise DataError(
+            f"cannot tell the output format of {str(path)!r}: use a path ending in "
+            f"{', '.join(sorted(WRITE_FORMATS))}"
+        )
     return WRITE_FORMATS[suffix]
 
 
@@ -48,8 +50,9 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to "
-                              "replace it")
+        raise FileExistsError(
+            f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it"
+        )
     if not path.parent.exists():
         raise DataError(f"output folder {path.parent} does not exist")
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -70,8 +73,12 @@ def write_fields(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fals
     with atomic_path(path, overwrite) as tmp:
         if fmt == "zarr":
             encoding = {
-                v: {"chunks": tuple(1 if d == SAMPLE_DIM else n for d, n in
-                                    zip(ds[v].dims, ds[v].shape, strict=True))}
+                v: {
+                    "chunks": tuple(
+                        1 if d == SAMPLE_DIM else n
+                        for d, n in zip(ds[v].dims, ds[v].shape, strict=True)
+                    )
+                }
                 for v in ds.data_vars
             }
             ds.to_zarr(tmp, mode="w", encoding=encoding, consolidated=False)
@@ -92,12 +99,13 @@ def detect_format(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         head = f.read(2056)
     # HDF5 allows a user block of 512 * 2^k bytes before the signature (MATLAB v7.3 has one)
-    if any(head[o:o + 8] == HDF5_SIGNATURE for o in (0, 512, 1024, 2048)):
+    if any(head[o : o + 8] == HDF5_SIGNATURE for o in (0, 512, 1024, 2048)):
         return "netcdf4"
     if head.startswith(NETCDF3_SIGNATURE):
         return "netcdf3"
-    raise DataError(f"{path} is neither NetCDF (HDF5-based or classic) nor zarr "
-                    f"(first bytes {head[:8]!r})")
+    raise DataError(
+        f"{path} is neither NetCDF (HDF5-based or classic) nor zarr (first bytes {head[:8]!r})"
+    )
 
 
 def open_fields(path: str | os.PathLike, load: bool = True) -> xr.Dataset:

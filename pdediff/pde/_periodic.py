@@ -58,7 +58,9 @@ def dealias_mask(
     return (3.0 * m.abs() < n).to(device)
 
 
-def spectral_derivative(u: torch.Tensor, spacing: float, dim: int = -1, order: int = 1) -> torch.Tensor:
+def spectral_derivative(
+    u: torch.Tensor, spacing: float, dim: int = -1, order: int = 1
+) -> torch.Tensor:
     """``d^order u / dx^order`` of a real periodic tensor along ``dim``, by FFT.
 
     The Nyquist mode of an even-length grid is dropped for odd orders: its derivative is
@@ -129,7 +131,9 @@ def check_grid(grid: Grid, dims: tuple[str, ...], periodic: Sequence[str], min_p
             "zero pad); build the grid with FAMILY.grid or pass periodic="
         )
     if min(grid.shape) < min_points:
-        raise PDEError(f"grid shape {grid.shape} is too small: at least {min_points} points per dim")
+        raise PDEError(
+            f"grid shape {grid.shape} is too small: at least {min_points} points per dim"
+        )
 
 
 def check_array(inputs: Mapping[str, Array], name: str, shape: tuple[int, ...]) -> Array:

@@ -2,37 +2,48 @@
 
     u_t + (u^2 / 2)_x = nu u_xx,   x in [0, L) periodic,   t in [0, T],
 
-with ``nu = 0.01``, ``L = 1``, ``T = 1`` and an initial condition ``u(0, x) = u0(x)`` drawn
-from the periodic Gaussian random field ``N(0, sigma^2 (-Delta + tau^2)^{-alpha})`` with
-``alpha = 2.5``, ``tau = 7``, ``sigma = 7^2``: the Burgers benchmark of the Fourier Neural
+with ``nu = 0.01``, ``L = 1``, ``T = 1`` (DiffusionPDE's setting) and an initial condition
+``u(0, x) = u0(x)`` drawn from the periodic Gaussian random field
+``N(0, sigma^2 (-Delta + tau^2)^{-alpha})`` with ``alpha = 2.5``, ``tau = 7``,
+``sigma = 7^2``, the initial-condition law of the Burgers benchmark of the Fourier Neural
 Operator (Li et al. 2021, "Fourier Neural Operator for Parametric Partial Differential
-Equations", arXiv 2010.08895), which DiffusionPDE (Huang et al. 2024, "DiffusionPDE:
-Generative PDE-Solving Under Partial Observation", arXiv 2406.17763) models as one
-space-time field ``u(t, x)`` whose first time row is the initial condition.
+Equations", arXiv 2010.08895).  Note on the amplitude: :func:`~pdediff.pde.grf.grf_periodic`
+follows FNO's Python ``GaussianRF`` (complex noise on every mode ``k`` and ``-k``), whose
+pointwise variance is twice that of FNO's MATLAB ``GRF1`` that drew the Burgers data for
+the same ``sigma``; :func:`sample` passes ``sigma / sqrt(2)`` so that ``sigma = 49`` gives
+``GRF1``'s law (pointwise std about 0.27).  DiffusionPDE
+(Huang et al. 2024, "DiffusionPDE: Generative PDE-Solving Under Partial Observation",
+arXiv 2406.17763) models the problem as one space-time field ``u(t, x)`` whose first time
+row is the initial condition.
 
 The data field is ``u`` with dims ``("t", "x")``: at resolution ``R`` there are ``R`` time
 levels ``t_j = j T / (R - 1)`` (both ends included) and ``R`` periodic points
 ``x_i = i L / R``.  Row ``u[0]`` is the initial condition (the "coefficient" of the
 problem in DiffusionPDE's sense; it is part of the solution field, so the field's role is
-``"solution"``).
+``"solution"``).  :func:`sample` draws ``{"u0": (R,)}``; :func:`solve` returns
+``{"u": (R, R)}``.
 
-Reference solver (:func:`solve`): Fourier pseudo-spectral in ``x`` with the 2/3 rule,
-exponential time differencing RK4 (ETDRK4, Cox & Matthews 2002, "Exponential time
-differencing for stiff systems", J. Comput. Phys. 176; coefficients by the contour
-integrals of Kassam & Trefethen 2005, SIAM J. Sci. Comput. 26).  The initial condition
-is the trigonometric interpolant of the ``R`` sampled values, integrated on a grid
-``p >= 2`` times finer (at least ``solver_nx`` points) so that the viscous fronts
-(width ``~ nu / |u|``) are resolved, then sampled back at the output points.  The time
-step is ``cfl * h_fine / max|u0|`` (the maximum principle bounds ``|u|`` by ``max|u0|``
-for all times), rounded down to divide the output interval.  With the defaults the
-solver error is about ``1e-9`` relative (measured against the Cole-Hopf solution and by
-refinement; see ``tests/test_pde_burgers.py``), far below the ``O(h^2 + dt^2)``
-finite-difference residual.
+Reference solver (:func:`solve_space_time`): Fourier pseudo-spectral in ``x`` with the 2/3
+rule and exponential time differencing RK4 (ETDRK4; Cox & Matthews 2002, "Exponential
+time differencing for stiff systems", J. Comput. Phys. 176; coefficients by the contour
+integrals of Kassam & Trefethen 2005, "Fourth-order time-stepping for stiff PDEs", SIAM J.
+Sci. Comput. 26).  The ``R`` sampled values define the initial condition through their
+trigonometric interpolant, integrated on a grid ``p >= 2`` times finer (at least
+``solver_nx`` points, doubled until the spectrum is resolved to ``1e-10``) so that the
+viscous fronts (width ``~ nu / |u|``) are resolved, and sampled back at the output
+points; ``u[0]`` is exactly ``u0``.  The internal step is at most ``dt`` and
+``cfl h_fine / max|u0|`` (the maximum principle bounds ``|u|`` by ``max|u0|``).  With the
+defaults the solver error is ``~1e-9`` relative (against Cole-Hopf solutions; fourth
+order in the step; see ``tests/test_pde_burgers.py``), far below the finite-difference
+residual.
 
 Residual (:func:`terms`): second-order central differences at the interior time levels
-``j = 1 .. R - 2`` and all ``x`` (periodic central differences, ``torch.roll``); for the
-reference solution it is at the truncation level, decreasing about ``4x`` per doubling of
-``R``.
+``j = 1 .. R - 2`` and every ``x`` (periodic, ``torch.roll``).  For the reference solution
+it is at the truncation level ``O(dt^2 + h^2)``: for one initial condition refined from
+32 to 64 to 128 points it falls ``~3.5x`` per doubling (to ``~1e-2`` relative at 128).
+A field drawn at ``R`` points carries modes up to ``R / 2`` whose viscous decay
+(rate ``nu (pi R / L)^2``) is not resolved by ``dt = T / (R - 1)``, so the residual of
+such draws is largest on the first time rows.
 """
 
 from __future__ import annotations
@@ -60,6 +71,9 @@ BOUNDARY = (
 # Contour points of the Kassam-Trefethen evaluation of the ETDRK4 coefficients; 32 points
 # on the upper half circle give round-off accuracy for real (diffusive) linear parts.
 _CONTOUR_POINTS = 32
+# Resolution check of the reference solver: relative size of the top of the kept spectrum.
+_TAIL_TOL = 1e-10
+_MAX_POINTS = 8192
 
 
 def make_grid(resolution: int, params: Params) -> Grid:
@@ -82,7 +96,9 @@ def sample(rng: np.random.Generator, grid: Grid, params: Params) -> dict[str, Ar
     p = FAMILY.params(params)
     _periodic.check_grid(grid, DIMS, ("x",), MIN_RESOLUTION)
     nx = grid.shape[1]
-    u0 = grf_periodic(rng, (nx,), p["alpha"], p["tau"], p["sigma"], lengths=(grid.length("x"),))
+    # sigma / sqrt(2): FNO's Burgers data come from its MATLAB GRF1, half GaussianRF's variance
+    sigma = p["sigma"] / np.sqrt(2.0)
+    u0 = grf_periodic(rng, (nx,), p["alpha"], p["tau"], sigma, lengths=(grid.length("x"),))
     return {"u0": u0}
 
 
@@ -97,7 +113,7 @@ def solve(inputs: Mapping[str, Array], grid: Grid, params: Params) -> dict[str, 
         Grid with dims ``("t", "x")``, ``x`` periodic; output times are its ``t``
         coordinates (``u0`` is imposed at ``t[0]``).
     params
-        Family parameters (``nu``, ``solver_nx``, ``cfl`` are used).
+        Family parameters (``nu``, ``solver_nx``, ``dt``, ``cfl`` are used).
 
     Returns
     -------
@@ -107,13 +123,14 @@ def solve(inputs: Mapping[str, Array], grid: Grid, params: Params) -> dict[str, 
     p = FAMILY.params(params)
     _periodic.check_grid(grid, DIMS, ("x",), MIN_RESOLUTION)
     u0 = _periodic.check_array(inputs, "u0", (grid.shape[1],))
-    _periodic.positive(p, ("nu", "solver_nx", "cfl"))
+    _periodic.positive(p, ("nu", "solver_nx", "dt", "cfl"))
     u = solve_space_time(
         torch.from_numpy(u0),
         grid.coords["t"],
         grid.length("x"),
         p["nu"],
         min_points=int(p["solver_nx"]),
+        dt=p["dt"],
         cfl=p["cfl"],
     )
     out = u.numpy()
@@ -127,10 +144,16 @@ def solve_space_time(
     length: float,
     nu: float,
     *,
-    min_points: int = 512,
+    min_points: int = 256,
+    dt: float = 1e-3,
     cfl: float = 0.5,
 ) -> torch.Tensor:
     """Integrate Burgers' equation from ``u0`` and return snapshots at ``times``.
+
+    The internal grid has ``p nx >= min_points`` points, ``p >= 2``; ``p`` doubles until the
+    top of the resolved spectrum (integer wavenumbers in ``[0.8, 1) x M / 3`` on an
+    ``M``-point grid) stays below ``1e-10`` of the largest mode at every output time, up
+    to 8192 points.
 
     Parameters
     ----------
@@ -141,34 +164,76 @@ def solve_space_time(
     length, nu
         Period ``L`` and viscosity.
     min_points
-        Least number of points of the internal grid, a multiple ``p >= 2`` of ``nx``.
+        Least number of points of the internal grid.
+    dt
+        Largest internal time step (ETDRK4 is fourth order: ``1e-3`` gives about
+        ``1e-9`` relative error for the default initial conditions).
     cfl
-        ``dt max|u0| / h_fine``; the step also divides the output interval exactly.
+        Stability cap ``dt max|u0| / h_fine <= cfl``.  Each output interval is split into
+        equal steps no longer than both limits.
 
     Returns
     -------
     torch.Tensor
         Float64 ``(len(times), nx)``.
+
+    Raises
+    ------
+    PDEError
+        If 8192 points do not resolve the fronts (``nu`` too small for the amplitude).
     """
     u0 = u0.to(torch.float64)
     nx = u0.shape[-1]
+    times = np.asarray(times, dtype=np.float64)
     # p >= 2 keeps all modes of the nx-point interpolant (|m| <= nx/2) inside the 2/3 band
     # of the fine grid (|m| < 2 nx / 3), so the initial condition is not truncated.
     factor = max(2, math.ceil(min_points / nx))
+    while True:
+        frames, tail = _integrate(u0, times, length, nu, factor, dt, cfl)
+        if tail <= _TAIL_TOL:
+            return frames
+        if 2 * factor * nx > _MAX_POINTS:
+            raise PDEError(
+                f"Burgers reference solver: {factor * nx} points do not resolve the solution "
+                f"(spectral tail {tail:.1e} > {_TAIL_TOL:.0e}); nu = {nu:g} is too small for "
+                f"max|u0| = {float(u0.abs().max()):.3g}"
+            )
+        factor *= 2
+
+
+def _integrate(
+    u0: torch.Tensor,
+    times: Array,
+    length: float,
+    nu: float,
+    factor: int,
+    dt: float,
+    cfl: float,
+) -> tuple[torch.Tensor, float]:
+    """Snapshots at ``times`` from the ``factor``-times refined grid, and the largest
+    relative spectral tail seen (the resolution check of :func:`solve_space_time`)."""
+    nx = u0.shape[-1]
     n_fine = factor * nx
     h_fine = length / n_fine
-    times = np.asarray(times, dtype=np.float64)
     dt_out = float(times[1] - times[0]) if times.size > 1 else 0.0
     umax = float(u0.abs().max())
-    n_sub = max(1, math.ceil(dt_out * umax / (cfl * h_fine))) if dt_out > 0 else 1
+    dt_max = min(dt, cfl * h_fine / umax) if umax > 0 else dt
+    n_sub = max(1, math.ceil(dt_out / dt_max - 1e-9))
     step = _Etdrk4(n_fine, h_fine, nu, dt_out / n_sub)
+    m = torch.fft.rfftfreq(n_fine, d=1.0 / n_fine)
+    top = (m >= 0.8 * n_fine / 3.0) & step.mask
     v_hat = torch.fft.rfft(_periodic.fourier_refine(u0, factor))
-    frames = [u0.clone()]
+    frames, tail = [u0.clone()], 0.0
     for _ in range(1, times.size):
         for _ in range(n_sub):
             v_hat = step(v_hat)
+        scale = float(v_hat.abs().max())
+        if not math.isfinite(scale):
+            return torch.stack(frames), math.inf  # blew up: treat as unresolved
+        if scale > 0:
+            tail = max(tail, float(v_hat[top].abs().max()) / scale)
         frames.append(torch.fft.irfft(v_hat, n=n_fine)[::factor])
-    return torch.stack(frames)
+    return torch.stack(frames), tail
 
 
 class _Etdrk4:
@@ -266,14 +331,15 @@ FAMILY = PDEFamily(
     fields={"u": FieldInfo("velocity u(t, x); the first time row is the initial condition")},
     dims=DIMS,
     defaults={
-        "nu": 0.01,
-        "alpha": 2.5,
-        "tau": 7.0,
-        "sigma": 49.0,
-        "t_final": 1.0,
-        "length": 1.0,
-        "solver_nx": 512.0,
-        "cfl": 0.5,
+        "nu": 0.01,  # viscosity
+        "alpha": 2.5,  # GRF of u0: smoothness,
+        "tau": 7.0,  # inverse length scale,
+        "sigma": 49.0,  # and amplitude (FNO: tau^2)
+        "t_final": 1.0,  # T
+        "length": 1.0,  # period L
+        "solver_nx": 256.0,  # least number of points of the solver's internal grid
+        "dt": 1e-3,  # largest internal ETDRK4 step
+        "cfl": 0.5,  # stability cap dt max|u0| / h_fine
     },
     make_grid=make_grid,
     sample=sample,
