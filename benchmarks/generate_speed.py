@@ -50,6 +50,18 @@ def time_generate(family: str, n: int, resolution: int, workers: int, seed: int)
     }
 
 
+def cluster_startup(workers: int) -> float:
+    """Seconds to start and stop a LocalCluster of ``workers`` processes (the fixed cost
+    included in every ``workers > 1`` row)."""
+    from dask.distributed import Client, LocalCluster
+
+    t0 = time.perf_counter()
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None)
+    Client(cluster).close()
+    cluster.close()
+    return round(time.perf_counter() - t0, 3)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", default="darcy")
@@ -69,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"{row['seconds']:8.2f} s  {row['samples_per_s']:8.2f} samples/s",
                 flush=True,
             )
+    startup = {w: cluster_startup(w) for w in args.workers if w > 1}
+    for w, sec in startup.items():
+        print(f"LocalCluster start + stop with {w} workers: {sec:.2f} s")
     result = {
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]),
         "note": "wall time of pdediff.generate, including Dask LocalCluster start-up when "
@@ -77,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "rows": rows,
+        "cluster_startup_s": startup,
     }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

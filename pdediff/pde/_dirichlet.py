@@ -17,13 +17,12 @@ DiffusionPDE (Huang et al. 2024, arXiv 2406.17763) trains on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
 
+from pdediff.pde._checks import check_grid
 from pdediff.pde.base import Array, Grid, PDEError
 
 DIMS = ("y", "x")
@@ -41,54 +40,13 @@ def spacing(grid: Grid, min_points: int) -> tuple[float, float]:
     PDEError
         If the grid has other dims, a periodic dim, too few points or is not uniform.
     """
-    if grid.dims != DIMS:
-        raise PDEError(f"grid dims must be {DIMS} for a Dirichlet box problem, got {grid.dims}")
+    check_grid(grid, DIMS, (), min_points)
     if grid.periodic:
         raise PDEError(
             f"grid has periodic dim(s) {sorted(grid.periodic)}, but this problem has a "
             "Dirichlet boundary: use a node grid (pdediff.pde.node_grid)"
         )
-    if min(grid.shape) < min_points:
-        raise PDEError(
-            f"grid shape {grid.shape} is too small: at least {min_points} points per dim"
-        )
     return grid.spacing("y"), grid.spacing("x")
-
-
-def check_array(inputs: Mapping[str, Array], name: str, grid: Grid) -> Array:
-    """Input field ``name`` as a finite float64 array of the grid's shape."""
-    if name not in inputs:
-        raise PDEError(f"missing input field {name!r}; got {sorted(inputs)}")
-    arr = np.asarray(inputs[name], dtype=np.float64)
-    if arr.shape != grid.shape:
-        raise PDEError(f"field {name!r} must have shape {grid.shape} (the grid), got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise PDEError(f"field {name!r} has non-finite values")
-    return arr
-
-
-def check_tensors(
-    fields: Mapping[str, torch.Tensor], names: Sequence[str], grid: Grid
-) -> tuple[torch.Tensor, ...]:
-    """The tensors ``fields[name]`` for ``names``, each checked to be ``(N, *grid.shape)``
-    with one common ``N``."""
-    out = []
-    for name in names:
-        if name not in fields:
-            raise PDEError(f"missing field {name!r}; expected {list(names)}, got {sorted(fields)}")
-        t = fields[name]
-        if not isinstance(t, torch.Tensor):
-            raise PDEError(f"field {name!r} must be a torch.Tensor, got {type(t).__name__}")
-        expected = ("N", *grid.shape)
-        if t.ndim != 3 or tuple(t.shape[1:]) != grid.shape:
-            raise PDEError(f"field {name!r} must have shape {expected}, got {tuple(t.shape)}")
-        if out and t.shape[0] != out[0].shape[0]:
-            raise PDEError(
-                f"field {name!r} has batch size {t.shape[0]}, but field {names[0]!r} has "
-                f"{out[0].shape[0]}"
-            )
-        out.append(t)
-    return tuple(out)
 
 
 def neg_div_c_grad_matrix(c: Array, hy: float, hx: float) -> scipy.sparse.csc_array:

@@ -54,7 +54,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from pdediff.pde import _periodic
+from pdediff.pde import _checks, _periodic
 from pdediff.pde.base import Array, FieldInfo, Grid, Params, PDEError, PDEFamily
 from pdediff.pde.grf import grf_periodic
 
@@ -79,7 +79,7 @@ _MAX_POINTS = 8192
 def make_grid(resolution: int, params: Params) -> Grid:
     """``R`` time levels on ``[0, T]`` (both ends) times ``R`` periodic points on ``[0, L)``."""
     p = FAMILY.params(params)
-    _periodic.positive(p, ("t_final", "length"))
+    _checks.positive(p, ("t_final", "length"))
     t = np.linspace(0.0, p["t_final"], resolution)
     x = np.arange(resolution) * (p["length"] / resolution)
     return Grid({"t": t, "x": x}, periodic=frozenset({"x"}))
@@ -94,7 +94,7 @@ def sample(rng: np.random.Generator, grid: Grid, params: Params) -> dict[str, Ar
         ``{"u0": float64 array (nx,)}``.
     """
     p = FAMILY.params(params)
-    _periodic.check_grid(grid, DIMS, ("x",), MIN_RESOLUTION)
+    _checks.check_grid(grid, DIMS, ("x",), MIN_RESOLUTION)
     nx = grid.shape[1]
     # sigma / sqrt(2): FNO's Burgers data come from its MATLAB GRF1, half GaussianRF's variance
     sigma = p["sigma"] / np.sqrt(2.0)
@@ -121,9 +121,9 @@ def solve(inputs: Mapping[str, Array], grid: Grid, params: Params) -> dict[str, 
         ``{"u": float64 array (nt, nx)}`` with ``u[0] == u0``.
     """
     p = FAMILY.params(params)
-    _periodic.check_grid(grid, DIMS, ("x",), MIN_RESOLUTION)
-    u0 = _periodic.check_array(inputs, "u0", (grid.shape[1],))
-    _periodic.positive(p, ("nu", "solver_nx", "dt", "cfl"))
+    _checks.check_grid(grid, DIMS, ("x",), MIN_RESOLUTION)
+    u0 = _checks.check_array(inputs, "u0", (grid.shape[1],))
+    _checks.positive(p, ("nu", "solver_nx", "dt", "cfl"))
     u = solve_space_time(
         torch.from_numpy(u0),
         grid.coords["t"],
@@ -313,8 +313,8 @@ def terms(
         ``{"u_t": ..., "(u^2/2)_x": ..., "-nu u_xx": ...}``, each ``(N, nt - 2, nx)``.
     """
     p = FAMILY.params(params)
-    _periodic.check_grid(grid, DIMS, ("x",), 3)
-    (u,) = _periodic.check_tensors(fields, ("u",), grid.shape)
+    _checks.check_grid(grid, DIMS, ("x",), 3)
+    (u,) = _checks.check_tensors(fields, ("u",), grid.shape)
     dt, h = grid.spacing("t"), grid.spacing("x")
     mid = u[:, 1:-1]
     return {

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from pdediff.pde import _dirichlet
+from pdediff.pde import _checks, _dirichlet
 from pdediff.pde._dirichlet import boundary_residual
 from pdediff.pde.base import Array, FieldInfo, Grid, Params, PDEError, PDEFamily, node_grid
 from pdediff.pde.grf import grf_neumann
@@ -83,7 +83,7 @@ def solve(inputs: Mapping[str, Array], grid: Grid, params: Params) -> dict[str, 
         ``{"a": a, "u": u}``, float64 arrays of ``grid.shape``.
     """
     p = FAMILY.params(params)
-    a = _dirichlet.check_array(inputs, "a", grid)
+    a = _checks.check_array(inputs, "a", grid.shape)
     return {"a": a, "u": _solve(a, p["f"], grid)}
 
 
@@ -110,7 +110,7 @@ def terms(
     """
     p = FAMILY.params(params)
     hy, hx = _dirichlet.spacing(grid, MIN_RESOLUTION)
-    a, u = _dirichlet.check_tensors(fields, ("a", "u"), grid)
+    a, u = _checks.check_tensors(fields, ("a", "u"), grid.shape)
     flux_term = -_dirichlet.div_c_grad(a, u, hy, hx)
     return {"-div(a grad u)": flux_term, "-f": torch.full_like(flux_term, -p["f"])}
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from pdediff.pde import _dirichlet
+from pdediff.pde import _checks, _dirichlet
 from pdediff.pde._dirichlet import boundary_residual
 from pdediff.pde.base import Array, FieldInfo, Grid, Params, PDEError, PDEFamily, node_grid
 from pdediff.pde.grf import grf_neumann
@@ -81,7 +81,7 @@ def solve(inputs: Mapping[str, Array], grid: Grid, params: Params) -> dict[str, 
     """
     k = FAMILY.params(params)["k"]
     hy, hx = _dirichlet.spacing(grid, MIN_RESOLUTION)
-    a = _dirichlet.check_array(inputs, "a", grid)
+    a = _checks.check_array(inputs, "a", grid.shape)
     _check_not_resonant(k, grid, hy, hx)
     matrix = _dirichlet.neg_div_c_grad_matrix(np.ones(grid.shape), hy, hx)
     # -(lap + k^2) u = -a: the matrix is -lap, shifted by -k^2 (indefinite once k^2 exceeds
@@ -112,7 +112,7 @@ def terms(
     """
     k = FAMILY.params(params)["k"]
     hy, hx = _dirichlet.spacing(grid, MIN_RESOLUTION)
-    a, u = _dirichlet.check_tensors(fields, ("a", "u"), grid)
+    a, u = _checks.check_tensors(fields, ("a", "u"), grid.shape)
     return {
         "lap u": _dirichlet.laplacian(u, hy, hx),
         "k^2 u": k**2 * _dirichlet.interior(u),

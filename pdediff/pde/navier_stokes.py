@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pdediff.pde import _periodic
+from pdediff.pde import _checks, _periodic
 from pdediff.pde.base import Array, FieldInfo, Grid, Params, PDEError, PDEFamily, periodic_grid
 from pdediff.pde.grf import grf_periodic
 
@@ -54,7 +54,7 @@ BOUNDARY = "periodic in x and y (the unit torus by default); the residual covers
 def make_grid(resolution: int, params: Params) -> Grid:
     """Periodic grid ``x_j = j L / n`` (same in ``y``) of ``resolution^2`` points."""
     p = FAMILY.params(params)
-    _periodic.positive(p, ("length",))
+    _checks.positive(p, ("length",))
     return periodic_grid(resolution, DIMS, p["length"])
 
 
@@ -69,7 +69,7 @@ def sample(rng: np.random.Generator, grid: Grid, params: Params) -> dict[str, Ar
         ``{"w0": float64 array of grid.shape}``.
     """
     p = FAMILY.params(params)
-    _periodic.check_grid(grid, DIMS, DIMS, MIN_RESOLUTION)
+    _checks.check_grid(grid, DIMS, DIMS, MIN_RESOLUTION)
     lengths = (grid.length("y"), grid.length("x"))
     return {"w0": grf_periodic(rng, grid.shape, p["alpha"], p["tau"], lengths=lengths)}
 
@@ -92,8 +92,8 @@ def solve(inputs: Mapping[str, Array], grid: Grid, params: Params) -> dict[str, 
         ``{"w0": w0, "w": w(T)}``, float64 arrays of ``grid.shape``.
     """
     p = FAMILY.params(params)
-    _periodic.check_grid(grid, DIMS, DIMS, MIN_RESOLUTION)
-    w0 = _periodic.check_array(inputs, "w0", grid.shape)
+    _checks.check_grid(grid, DIMS, DIMS, MIN_RESOLUTION)
+    w0 = _checks.check_array(inputs, "w0", grid.shape)
     w = flow_map(torch.from_numpy(w0)[None], grid, p, p["dt"])[0].numpy()
     if not np.all(np.isfinite(w)):
         raise PDEError(
@@ -139,9 +139,9 @@ def flow_map(w0: torch.Tensor, grid: Grid, params: Params, dt: float) -> torch.T
         ``w(T)``, float64 ``(N, ny, nx)``; differentiable with respect to ``w0``.
     """
     p = FAMILY.params(params)
-    _periodic.check_grid(grid, DIMS, DIMS, MIN_RESOLUTION)
-    _periodic.positive({**p, "dt": dt}, ("nu", "t_final", "cfl", "dt"))
-    (w0,) = _periodic.check_tensors({"w0": w0}, ("w0",), grid.shape)
+    _checks.check_grid(grid, DIMS, DIMS, MIN_RESOLUTION)
+    _checks.positive({**p, "dt": dt}, ("nu", "t_final", "cfl", "dt"))
+    (w0,) = _checks.check_tensors({"w0": w0}, ("w0",), grid.shape)
     ops = _Operators.build(grid, p, w0.device)
     w_hat = torch.fft.rfft2(w0.to(torch.float64))
     # The step count is not differentiated: it only picks the discretisation.
@@ -261,8 +261,8 @@ def terms(
         (the flow map runs in float64).
     """
     p = FAMILY.params(params)
-    w0, w = _periodic.check_tensors(fields, ("w0", "w"), grid.shape)
-    _periodic.positive(p, ("residual_dt",))
+    w0, w = _checks.check_tensors(fields, ("w0", "w"), grid.shape)
+    _checks.positive(p, ("residual_dt",))
     phi = flow_map(w0, grid, p, p["residual_dt"])
     return {"w": w, "-Phi_T(w0)": (-phi).to(w.dtype)}
 

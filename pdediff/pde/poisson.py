@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from pdediff.pde import _dirichlet
+from pdediff.pde import _checks, _dirichlet
 from pdediff.pde._dirichlet import boundary_residual
 from pdediff.pde.base import Array, FieldInfo, Grid, Params, PDEFamily, node_grid
 from pdediff.pde.grf import grf_neumann
@@ -63,7 +63,7 @@ def solve(inputs: Mapping[str, Array], grid: Grid, params: Params) -> dict[str, 
     """
     FAMILY.params(params)
     hy, hx = _dirichlet.spacing(grid, MIN_RESOLUTION)
-    a = _dirichlet.check_array(inputs, "a", grid)
+    a = _checks.check_array(inputs, "a", grid.shape)
     # The matrix is -lap (c = 1), hence the sign of the right-hand side.
     matrix = _dirichlet.neg_div_c_grad_matrix(np.ones(grid.shape), hy, hx)
     return {"a": a, "u": _dirichlet.solve_interior(matrix, -a)}
@@ -91,7 +91,7 @@ def terms(
     """
     FAMILY.params(params)
     hy, hx = _dirichlet.spacing(grid, MIN_RESOLUTION)
-    a, u = _dirichlet.check_tensors(fields, ("a", "u"), grid)
+    a, u = _checks.check_tensors(fields, ("a", "u"), grid.shape)
     return {"lap u": _dirichlet.laplacian(u, hy, hx), "-a": -_dirichlet.interior(a)}
 
 
