@@ -63,6 +63,12 @@ def pde_residuals(
             f"dataset says pde={fam.name!r} but lacks field(s) {missing}; it has "
             f"{list(ds.data_vars)}"
         )
+    for f in fam.fields:
+        if ds[f].dims != (SAMPLE_DIM, *fam.dims):
+            raise DataError(
+                f"field {f!r} has dims {ds[f].dims}, but the {fam.name} residual needs "
+                f"{(SAMPLE_DIM, *fam.dims)}; select or rename dims first (e.g. ds.isel(t=-1))"
+            )
     grid = grid_from_dataset(ds, fam.dims)
     stored = dataset_params(ds)
     params = fam.params({k: v for k, v in stored.items() if k in fam.defaults})

@@ -187,3 +187,12 @@ def test_cli_bad_input_one_line_nonzero_no_output(tmp_path, capsys, argv, messag
     assert message in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.nc"]
     assert (tmp_path / "exists.nc").read_text() == "old"
+
+
+def test_inspect_refuses_fields_on_other_dims():
+    from pdediff.errors import DataError
+
+    ds = generate("darcy", 2, 8, progress=False)
+    ds["u"] = ds["u"].expand_dims(t=[0.0, 1.0], axis=1)
+    with pytest.raises(DataError, match=r"field 'u' has dims .*'t'.* needs"):
+        pde_residuals(ds)

@@ -175,7 +175,7 @@ def _uniform(values: np.ndarray, what: str) -> np.ndarray:
     """Coordinates checked to be uniform and increasing, snapped to an exact uniform grid.
 
     Files often store coordinates in float32, whose rounding alone exceeds the tolerance
-    with which :class:`~pdediff.pde.base.Grid` checks uniformity (relative 1e-6 of the
+    with which :class:`~pdediff.pde.base.Grid` checks uniformity (relative 1e-4 of the
     spacing); values within float32 rounding of a uniform grid are replaced by it.
     """
     c = np.asarray(values, dtype=np.float64).ravel()
