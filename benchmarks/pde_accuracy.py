@@ -37,9 +37,14 @@ def measure(name: str, resolution: int, n: int, seed: int) -> dict:
     fields = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in fam.fields}
     with torch.no_grad():
         rel = fam.relative_residual(fields, grid, params).numpy()
-    return {"family": name, "resolution": resolution, "n": n,
-            "residual_median": float(np.median(rel)), "residual_max": float(rel.max()),
-            "seconds_per_sample": round(per_sample, 4)}
+    return {
+        "family": name,
+        "resolution": resolution,
+        "n": n,
+        "residual_median": float(np.median(rel)),
+        "residual_max": float(rel.max()),
+        "seconds_per_sample": round(per_sample, 4),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,15 +61,19 @@ def main(argv: list[str] | None = None) -> None:
         for res in args.resolutions:
             row = measure(name, res, args.n, args.seed)
             rows.append(row)
-            print(f"{name:<14} {res:>4}  residual median {row['residual_median']:.2e}  "
-                  f"max {row['residual_max']:.2e}  {row['seconds_per_sample']:.3f} s/sample",
-                  flush=True)
+            print(
+                f"{name:<14} {res:>4}  residual median {row['residual_median']:.2e}  "
+                f"max {row['residual_max']:.2e}  {row['seconds_per_sample']:.3f} s/sample",
+                flush=True,
+            )
     result = {
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]),
         "note": "relative residual ||r||/max_k||term_k|| of float64 reference solutions under "
-                "pdediff's residual; one thread",
-        "seed": args.seed, "machine": machine(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows,
+        "pdediff's residual; one thread",
+        "seed": args.seed,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rows": rows,
     }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

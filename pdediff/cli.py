@@ -1,4 +1,4 @@
-"""The ``pdediff`` command line: generate, inspect, import, plot, demo.
+"""The ``pdediff`` command line: generate, inspect, import, plot, train, demo.
 
 Every user-facing error (bad value, missing file or key, existing output) is printed as one
 line naming what is wrong, with exit status 2 and no partial output.
@@ -7,6 +7,7 @@ line naming what is wrong, with exit status 2 and no partial output.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -113,6 +114,43 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from pdediff.train import TrainConfig, load_config, train
+
+    if args.resume and args.overwrite:
+        raise PdediffError("give --resume or --overwrite, not both")
+    config = load_config(args.config) if args.config else None
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed}
+    if any(v is not None for v in overrides.values()):
+        if config is None and args.resume and Path(args.out, "state.json").is_file():
+            from pdediff.train import read_checkpoint
+
+            config = read_checkpoint(args.out).config  # flags change the resumed run's
+        config = (config or TrainConfig()).replace(**overrides)
+    try:
+        result = train(
+            args.data,
+            args.out,
+            config,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"pdediff train: interrupted; the last checkpoint is in {args.out} "
+            f"(continue with --resume)",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+    if os.environ.get("RANK", "0") == "0":  # one line under torchrun
+        print(
+            f"trained {args.out} to step {result.step}: loss {result.loss:.4g} "
+            f"({result.seconds:.1f} s)"
+        )
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from pdediff.demo import run_demo
 
@@ -176,6 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--samples", type=int, default=4)
     pl.add_argument("--overwrite", action="store_true")
     pl.set_defaults(func=cmd_plot)
+
+    t = sub.add_parser("train", help="train a diffusion model on a field file")
+    t.add_argument("--data", required=True, help="training fields (.nc or .zarr)")
+    t.add_argument("--out", required=True, help="checkpoint directory")
+    t.add_argument("--config", help="training config (.toml or .json); flags override it")
+    t.add_argument("--steps", type=int, help="total optimisation steps")
+    t.add_argument("--batch-size", type=int, help="samples per step over all processes")
+    t.add_argument("--seed", type=int, help="seed of weights, batches and noise")
+    t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    t.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("demo", help="the main job for a newcomer (see README)")
     d.add_argument("--out", default="pdediff-demo", help="folder for the demo's outputs")

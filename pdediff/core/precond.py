@@ -232,3 +232,7 @@ class VEPrecond(Preconditioner):
     def coefficients(self, sigma: torch.Tensor) -> Coefficients:
         one = torch.ones_like(sigma)
         return one, sigma, one, torch.log(0.5 * sigma)
+
+
+#: The preconditioners by name (a checkpoint's ``config.json`` stores the name).
+PRECONDS: dict[str, type[Preconditioner]] = {"edm": EDMPrecond, "vp": VPPrecond, "ve": VEPrecond}

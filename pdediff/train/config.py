@@ -1,0 +1,374 @@
+"""Training configuration: a tree of dataclasses, read from TOML or JSON.
+
+A config file mirrors the tree; every key is optional and unknown keys are errors::
+
+    batch_size = 16
+    steps = 2000
+    variables = ["a", "u"]        # default: every field of the dataset
+
+    [model]
+    backbone = "unet"             # a key of pdediff.nets.BACKBONES
+    precond = "edm"               # edm, vp, ve
+    sigma_data = 1.0              # shared by the preconditioner and the loss
+    [model.backbone_kwargs]       # merged over the small CPU defaults of the backbone
+    model_channels = 32
+
+    [loss]                        # keyword arguments of pdediff.core.loss.EDMLoss
+    P_mean = -1.2
+
+    [optimizer]                   # AdamW, linear warm-up, gradient clipping
+    lr = 5e-4
+
+The backbone's input and output channels are not part of the config: they are the number
+of variables of the data's :class:`~pdediff.io.FieldSpec`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pdediff.errors import PdediffError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "ConfigError",
+    "LOSS_RESERVED",
+    "ModelConfig",
+    "OptimizerConfig",
+    "PRECONDS",
+    "SMALL_BACKBONE_KWARGS",
+    "TrainConfig",
+    "backbone_kwargs",
+    "build_denoiser",
+    "build_loss",
+    "load_config",
+]
+
+#: CPU-sized settings of each backbone, under the user's ``model.backbone_kwargs``.
+SMALL_BACKBONE_KWARGS: dict[str, dict[str, Any]] = {
+    "unet": {"model_channels": 32, "channel_mult": [1, 2, 2], "num_blocks": 1, "attn_levels": []},
+    "fno": {"width": 32, "modes": [12, 12], "n_layers": 4},
+}
+
+#: Backbone keyword arguments fixed by the data, not by the config.
+DATA_KWARGS = ("in_channels", "out_channels")
+
+#: Loss keyword arguments set elsewhere in the config.
+LOSS_RESERVED = ("sigma_data",)
+
+
+class ConfigError(PdediffError):
+    """A training config has an unknown key, a value of the wrong type or out of range."""
+
+
+@dataclass
+class ModelConfig:
+    """The denoiser: a backbone wrapped by a preconditioner.
+
+    Attributes
+    ----------
+    backbone
+        Name in :data:`pdediff.nets.BACKBONES`.
+    backbone_kwargs
+        Keyword arguments of the backbone, merged over :data:`SMALL_BACKBONE_KWARGS`;
+        ``in_channels`` / ``out_channels`` come from the data.
+    precond
+        ``"edm"``, ``"vp"`` or ``"ve"`` (Karras et al. 2022, Table 1).
+    precond_kwargs
+        Keyword arguments of the preconditioner besides ``sigma_data``.
+    sigma_data
+        Standard deviation of the data for the EDM preconditioner and the loss weight.
+        The :class:`~pdediff.io.FieldSpec` normalises every channel to unit standard
+        deviation, hence 1 (EDM's 0.5 is for images scaled to [-1, 1]).
+    """
+
+    backbone: str = "unet"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    precond: str = "edm"
+    precond_kwargs: dict[str, Any] = field(default_factory=dict)
+    sigma_data: float = 1.0
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW (Loshchilov & Hutter 2019) with a linear warm-up and gradient clipping.
+
+    Attributes
+    ----------
+    lr
+        Learning rate after the warm-up.
+    betas, eps, weight_decay
+        AdamW's hyperparameters.
+    warmup_steps
+        The learning rate grows linearly from ``lr / warmup_steps`` to ``lr`` over these.
+    grad_clip
+        Maximum global gradient norm; 0 disables clipping (the norm is still logged).
+    """
+
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (with the data and the seed, exactly).
+
+    Attributes
+    ----------
+    model, loss, optimizer
+        The denoiser, the :class:`~pdediff.core.loss.EDMLoss` keyword arguments, AdamW.
+    batch_size
+        Samples per step, over all processes together.
+    steps
+        Total optimisation steps (a resumed run continues up to this number).
+    ema_decay
+        Decay per step of the exponential moving average of the weights.
+    seed
+        Seeds the initial weights, the batches and the noise of every step.
+    checkpoint_every, log_every
+        Steps between checkpoints and between log lines.
+    variables
+        Fields of the dataset to learn jointly; ``None``: all of them.
+    deterministic
+        Ask torch for deterministic kernels (needed for exact resume on a GPU; CPU
+        kernels are deterministic already).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: dict[str, Any] = field(default_factory=dict)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    batch_size: int = 16
+    steps: int = 2000
+    ema_decay: float = 0.995
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 20
+    variables: list[str] | None = None
+    deterministic: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready nested dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a nested dict; ``source`` names the origin in error messages."""
+        config = _build(cls, data, source, "")
+        config.validate(source)
+        return config
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with top-level fields changed (``None`` values are ignored)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        new = TrainConfig.from_dict({**self.to_dict(), **changes}, "command line")
+        return new
+
+    def validate(self, source: str = "config") -> None:
+        """Raise :class:`ConfigError` for a value out of range."""
+        o = self.optimizer
+        checks = [
+            ("batch_size", self.batch_size >= 1, "a positive integer"),
+            ("steps", self.steps >= 0, "a non-negative integer"),
+            ("ema_decay", 0.0 <= self.ema_decay < 1.0, "in [0, 1)"),
+            ("seed", self.seed >= 0, "a non-negative integer"),
+            ("checkpoint_every", self.checkpoint_every >= 1, "a positive integer"),
+            ("log_every", self.log_every >= 1, "a positive integer"),
+            ("model.sigma_data", self.model.sigma_data > 0, "positive"),
+            ("optimizer.lr", o.lr > 0, "positive"),
+            ("optimizer.betas", all(0.0 <= b < 1.0 for b in o.betas), "two numbers in [0, 1)"),
+            ("optimizer.eps", o.eps > 0, "positive"),
+            ("optimizer.weight_decay", o.weight_decay >= 0, "non-negative"),
+            ("optimizer.warmup_steps", o.warmup_steps >= 0, "a non-negative integer"),
+            ("optimizer.grad_clip", o.grad_clip >= 0, "non-negative (0: no clipping)"),
+        ]
+        for key, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"{source}: {key} must be {expected}")
+        if self.variables is not None and not self.variables:
+            raise ConfigError(f"{source}: variables must name at least one field")
+        for key in DATA_KWARGS:
+            if key in self.model.backbone_kwargs:
+                raise ConfigError(
+                    f"{source}: model.backbone_kwargs.{key} is set by the data "
+                    f"(the number of variables); remove it"
+                )
+        for key in LOSS_RESERVED:
+            if key in self.loss or key in self.model.precond_kwargs:
+                raise ConfigError(f"{source}: set {key} once, as model.{key}")
+
+
+# -- reading ------------------------------------------------------------------------------
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a :class:`TrainConfig` from a ``.toml`` or ``.json`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(path.read_text())
+        elif suffix == ".json":
+            data = json.loads(path.read_text())
+        else:
+            raise ConfigError(f"config file {path}: use a .toml or .json file")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be parsed: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a table/object at the top level")
+    return TrainConfig.from_dict(data, f"config file {path}")
+
+
+def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
+    """Instantiate dataclass ``cls`` from ``data``, checking keys and value types."""
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {where} must be a table/object, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {prefix}{unknown[0]!r}; known keys"
+            f"{' of ' + where if prefix else ''}: {', '.join(names)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, source, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, source, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
+    """``value`` checked against the type ``hint`` (ints are accepted as floats)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _coerce(value, hint, source, key)
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: {key} must be {expected}, got {value!r}")
+
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad("a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise bad(f"a list of {len(args)} values")
+        return tuple(_coerce(v, a, source, key) for v, a in zip(value, args, strict=True))
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise bad("a list")
+        return [_coerce(v, args[0], source, key) for v in value]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise bad("a table/object")
+        return dict(value)
+    raise TypeError(f"no coercion for {hint}")  # pragma: no cover - a bug in this module
+
+
+# -- building -----------------------------------------------------------------------------
+def _preconds() -> dict[str, type]:
+    from pdediff.core.precond import PRECONDS as classes
+
+    return classes
+
+
+#: Names of the preconditioners (the classes are imported when a model is built).
+PRECONDS = ("edm", "vp", "ve")
+
+
+def _check_kwargs(func: Any, kwargs: dict[str, Any], key: str, skip: tuple[str, ...]) -> None:
+    """Raise :class:`ConfigError` naming a keyword that ``func`` does not take."""
+    params = inspect.signature(func).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n, p in params.items() if n not in skip and p.kind is not p.VAR_POSITIONAL]
+    for name in kwargs:
+        if name not in known:
+            raise ConfigError(
+                f"config: unknown key {key}.{name!r} for {getattr(func, '__name__', func)}; "
+                f"known: {', '.join(known)}"
+            )
+
+
+def backbone_kwargs(model: ModelConfig, channels: int) -> dict[str, Any]:
+    """The backbone's keyword arguments: CPU defaults, the config's, and the channels."""
+    from pdediff.nets import BACKBONES
+
+    if model.backbone not in BACKBONES:
+        raise ConfigError(
+            f"config: unknown model.backbone {model.backbone!r}; known: {', '.join(BACKBONES)}"
+        )
+    kwargs = {**SMALL_BACKBONE_KWARGS.get(model.backbone, {}), **model.backbone_kwargs}
+    _check_kwargs(BACKBONES[model.backbone], kwargs, "model.backbone_kwargs", DATA_KWARGS)
+    return {"in_channels": channels, "out_channels": channels, **kwargs}
+
+
+def precond_kwargs(model: ModelConfig) -> dict[str, Any]:
+    """The preconditioner's keyword arguments, ``sigma_data`` included where it takes one."""
+    preconds = _preconds()
+    if model.precond not in preconds:
+        raise ConfigError(
+            f"config: unknown model.precond {model.precond!r}; known: {', '.join(preconds)}"
+        )
+    cls = preconds[model.precond]
+    _check_kwargs(cls, model.precond_kwargs, "model.precond_kwargs", ("self", "backbone"))
+    kwargs = dict(model.precond_kwargs)
+    if "sigma_data" in inspect.signature(cls).parameters:
+        kwargs["sigma_data"] = model.sigma_data
+    return kwargs
+
+
+def build_denoiser(
+    backbone: str, backbone_config: dict[str, Any], precond: str, precond_config: dict[str, Any]
+):
+    """``precond(build_backbone(backbone, **backbone_config), **precond_config)``."""
+    from pdediff.nets import build_backbone
+
+    net = build_backbone(backbone, **backbone_config)
+    return _preconds()[precond](net, **precond_config)
+
+
+def build_loss(config: TrainConfig):
+    """The :class:`~pdediff.core.loss.EDMLoss` of ``config`` (``sigma_data`` of the model)."""
+    from pdediff.core.loss import EDMLoss
+
+    _check_kwargs(EDMLoss, config.loss, "loss", ("self", *LOSS_RESERVED))
+    try:
+        return EDMLoss(sigma_data=config.model.sigma_data, **config.loss)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config: bad [loss] value: {e}") from None
