@@ -23,13 +23,28 @@ import scipy.sparse.linalg
 import torch
 
 from pdediff.pde._checks import check_grid
-from pdediff.pde.base import Array, Grid, PDEError
+from pdediff.pde.base import Array, Grid, PDEError, node_grid
+from pdediff.pde.grf import grf_neumann
 
 DIMS = ("y", "x")
 BOUNDARY = (
     "Dirichlet: u = 0 on the four sides of the box; the boundary nodes are part of the "
     "grid and hold u = 0, the residual covers the interior nodes only"
 )
+
+
+def box_grid(resolution: int, length: float) -> Grid:
+    """Node grid of ``resolution^2`` points on ``[0, length]^2``, boundaries included."""
+    return node_grid(resolution, DIMS, length)
+
+
+def gaussian_field(
+    rng: np.random.Generator, grid: Grid, alpha: float, tau: float, min_points: int
+) -> Array:
+    """``N(0, sigma^2 (-Delta + tau^2)^{-alpha})`` on the box, cosine basis (as FNO's data),
+    with FNO's ``sigma = tau^(alpha - 1)``: see :func:`pdediff.pde.grf.grf_neumann`."""
+    spacing(grid, min_points)
+    return grf_neumann(rng, grid.shape, alpha, tau, lengths=grid.lengths)
 
 
 def spacing(grid: Grid, min_points: int) -> tuple[float, float]:

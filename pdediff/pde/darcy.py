@@ -3,9 +3,9 @@
 The DiffusionPDE Darcy benchmark (Huang et al. 2024, "DiffusionPDE: Generative PDE-Solving
 Under Partial Observation", arXiv 2406.17763) reuses the FNO data (Li et al. 2021, "Fourier
 Neural Operator for Parametric Partial Differential Equations", arXiv 2010.08895): the
-permeability ``a`` is a Gaussian random field ``N(0, (-Delta + tau^2)^{-alpha})`` with
-``alpha = 2``, ``tau = 3``, thresholded to ``a_high = 12`` where it is ``>= 0`` and
-``a_low = 3`` elsewhere; the source is ``f = 1``.
+permeability ``a`` is a Gaussian random field ``N(0, sigma^2 (-Delta + tau^2)^{-alpha})``
+(``sigma = tau^(alpha - 1)``) with ``alpha = 2``, ``tau = 3``, thresholded to ``a_high =
+12`` where it is ``>= 0`` and ``a_low = 3`` elsewhere; the source is ``f = 1``.
 
 The reference solver is the conservative five-point scheme with face coefficients by
 arithmetic mean, solved by a sparse LU; :func:`terms` is the same stencil in torch, so the
@@ -21,8 +21,7 @@ import torch
 
 from pdediff.pde import _checks, _dirichlet
 from pdediff.pde._dirichlet import boundary_residual
-from pdediff.pde.base import Array, FieldInfo, Grid, Params, PDEError, PDEFamily, node_grid
-from pdediff.pde.grf import grf_neumann
+from pdediff.pde.base import Array, FieldInfo, Grid, Params, PDEError, PDEFamily
 
 __all__ = ["FAMILY", "boundary_residual", "make_grid", "sample", "solve", "terms"]
 
@@ -31,7 +30,7 @@ MIN_RESOLUTION = 5
 
 def make_grid(resolution: int, params: Params) -> Grid:
     """Node grid of ``resolution^2`` points on ``[0, length]^2``, boundaries included."""
-    return node_grid(resolution, _dirichlet.DIMS, FAMILY.params(params)["length"])
+    return _dirichlet.box_grid(resolution, FAMILY.params(params)["length"])
 
 
 def sample(rng: np.random.Generator, grid: Grid, params: Params) -> dict[str, Array]:
@@ -47,8 +46,7 @@ def sample(rng: np.random.Generator, grid: Grid, params: Params) -> dict[str, Ar
         ``{"a": float64 array of grid.shape}``.
     """
     p = FAMILY.params(params)
-    _dirichlet.spacing(grid, MIN_RESOLUTION)
-    g = grf_neumann(rng, grid.shape, p["alpha"], p["tau"], lengths=grid.lengths)
+    g = _dirichlet.gaussian_field(rng, grid, p["alpha"], p["tau"], MIN_RESOLUTION)
     return {"a": np.where(g >= 0.0, p["a_high"], p["a_low"])}
 
 

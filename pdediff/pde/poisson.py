@@ -2,8 +2,9 @@
 
 The DiffusionPDE Poisson benchmark (Huang et al. 2024, "DiffusionPDE: Generative PDE-Solving
 Under Partial Observation", arXiv 2406.17763): the source ``a`` is a Gaussian random field
-``N(0, (-Delta + tau^2)^{-alpha})`` with ``alpha = 2``, ``tau = 3``, drawn in the cosine
-basis as the FNO data (Li et al. 2021, arXiv 2010.08895), not thresholded.
+``N(0, sigma^2 (-Delta + tau^2)^{-alpha})`` (``sigma = tau^(alpha - 1)``) with ``alpha =
+2``, ``tau = 3``, drawn in the cosine basis as the FNO data (Li et al. 2021, arXiv
+2010.08895), not thresholded.
 
 The reference solver is the five-point Laplacian on the interior nodes, solved by a sparse
 LU; :func:`terms` is the same stencil in torch.
@@ -18,8 +19,7 @@ import torch
 
 from pdediff.pde import _checks, _dirichlet
 from pdediff.pde._dirichlet import boundary_residual
-from pdediff.pde.base import Array, FieldInfo, Grid, Params, PDEFamily, node_grid
-from pdediff.pde.grf import grf_neumann
+from pdediff.pde.base import Array, FieldInfo, Grid, Params, PDEFamily
 
 __all__ = ["FAMILY", "boundary_residual", "make_grid", "sample", "solve", "terms"]
 
@@ -28,7 +28,7 @@ MIN_RESOLUTION = 5
 
 def make_grid(resolution: int, params: Params) -> Grid:
     """Node grid of ``resolution^2`` points on ``[0, length]^2``, boundaries included."""
-    return node_grid(resolution, _dirichlet.DIMS, FAMILY.params(params)["length"])
+    return _dirichlet.box_grid(resolution, FAMILY.params(params)["length"])
 
 
 def sample(rng: np.random.Generator, grid: Grid, params: Params) -> dict[str, Array]:
@@ -40,8 +40,7 @@ def sample(rng: np.random.Generator, grid: Grid, params: Params) -> dict[str, Ar
         ``{"a": float64 array of grid.shape}``.
     """
     p = FAMILY.params(params)
-    _dirichlet.spacing(grid, MIN_RESOLUTION)
-    return {"a": grf_neumann(rng, grid.shape, p["alpha"], p["tau"], lengths=grid.lengths)}
+    return {"a": _dirichlet.gaussian_field(rng, grid, p["alpha"], p["tau"], MIN_RESOLUTION)}
 
 
 def solve(inputs: Mapping[str, Array], grid: Grid, params: Params) -> dict[str, Array]:
