@@ -70,3 +70,67 @@ def plot_fields(
         fig.savefig(path, dpi=110)
         plt.close(fig)
     return fig
+
+
+def plot_posterior(
+    ds: xr.Dataset, path: str | os.PathLike | None = None, truth: xr.Dataset | None = None
+):
+    """Posterior summary: per field, the mean and std with the observations used marked,
+    and, given ``truth`` (one sample), the truth and the absolute error of the mean."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fields = [v[: -len("_mean")] for v in ds.data_vars if str(v).endswith("_mean")]
+    cols = ["truth", "mean", "std", "|error|"] if truth is not None else ["mean", "std"]
+    fig, axes = plt.subplots(
+        len(fields),
+        len(cols),
+        figsize=(3.2 * len(cols), 2.9 * len(fields)),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    for i, f in enumerate(fields):
+        mean = ds[f"{f}_mean"]
+        panels = {"mean": mean, "std": ds[f"{f}_std"]}
+        if truth is not None:
+            t = truth[f].squeeze(drop=True)
+            panels.update({"truth": t, "|error|": abs(mean - t.values)})
+        dy, dx = mean.dims[-2:]
+        extent = [
+            float(ds[dx].min()),
+            float(ds[dx].max()),
+            float(ds[dy].min()),
+            float(ds[dy].max()),
+        ]
+        for j, name in enumerate(cols):
+            ax = axes[i, j]
+            im = ax.imshow(
+                np.asarray(panels[name].values),
+                origin="lower",
+                extent=extent,
+                aspect="auto",
+                cmap="magma" if name in ("std", "|error|") else "viridis",
+            )
+            fig.colorbar(im, ax=ax, shrink=0.85)
+            ax.set_title(f"{f}: {name}", fontsize=9)
+            obs = f"obs_{f}"
+            if obs in ds and f"{obs}_{dx}" in ds.coords and name in ("mean", "truth"):
+                ax.scatter(
+                    ds[f"{obs}_{dx}"],
+                    ds[f"{obs}_{dy}"],
+                    s=4,
+                    c="white",
+                    edgecolors="black",
+                    linewidths=0.3,
+                )
+            ax.tick_params(labelsize=7)
+    fig.suptitle(
+        f"{ds.attrs.get('task', '')} posterior, {ds.sizes.get('member', 1)} members", fontsize=10
+    )
+    if path is not None:
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return fig

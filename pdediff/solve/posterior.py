@@ -1,0 +1,230 @@
+"""Posterior sampling of PDE fields from sparse observations (DiffusionPDE).
+
+Given a denoiser trained on the joint distribution of a family's fields (normalised by a
+:class:`~pdediff.io.FieldSpec`) and observations ``y_f = A_f x_f + noise`` of some fields,
+draw an ensemble from ``p(x | y)`` by running a sampler of :mod:`pdediff.core.samplers`
+with guidance (Huang et al. 2024, "DiffusionPDE", arXiv 2406.17763):
+
+.. math::  L(\\hat x_0) = \\sum_f \\zeta_f(\\sigma)\\, \\|A_f \\hat x_{0,f} - y_f\\|
+           + \\zeta_\\mathrm{pde}(\\sigma)\\, \\frac{\\|r(\\hat x_0)\\|}{\\sqrt{P}\\, s},
+
+a gradient step ``x <- x - grad_x L(D(x, sigma))`` after every sampler step (the step
+correction).  ``r`` is the family's finite-difference residual of the de-normalised fields
+(``P`` interior points) and ``s`` the root mean square of its largest term, so the PDE weight
+does not depend on the physical units.  Observation misfits are on the normalised fields.
+
+Everything here is torch; xarray enters only in :mod:`pdediff.solve.api`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from pdediff.core.guidance import (
+    ObservationTerm,
+    ResidualTerm,
+    sigma_at_step_fraction,
+    step_correction,
+    switch,
+)
+from pdediff.core.samplers import SAMPLERS
+from pdediff.core.schedules import karras_sigmas
+from pdediff.core.types import Callback, Denoiser
+from pdediff.errors import PdediffError
+from pdediff.io.fieldspec import FieldSpec
+from pdediff.io.observations import ObservationModel
+from pdediff.pde.base import Params, PDEFamily
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How to sample: sampler, schedule and guidance weights.
+
+    Attributes
+    ----------
+    sampler
+        A key of :data:`pdediff.core.samplers.SAMPLERS`.
+    steps, sigma_min, sigma_max, rho
+        The Karras et al. (2022) noise schedule.
+    obs_weight
+        ``field -> zeta_f``; a field without an entry gets ``default_obs_weight``.
+    pde_weight
+        ``zeta_pde`` (0: observations only).
+    switch_fraction
+        Fraction of the steps after which observation weights drop to
+        ``obs_weight_after * zeta_f`` and the PDE term switches on (DiffusionPDE: 0.8);
+        ``None``: constant weights.
+    """
+
+    sampler: str = "heun"
+    steps: int = 100
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    obs_weight: Mapping[str, float] = field(default_factory=dict)
+    default_obs_weight: float = 1.0
+    pde_weight: float = 0.0
+    switch_fraction: float | None = None
+    obs_weight_after: float = 0.1
+
+    def with_overrides(self, **kwargs) -> Protocol:
+        """A copy with the given attributes replaced (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in kwargs.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["obs_weight"] = dict(self.obs_weight)
+        return d
+
+
+#: DiffusionPDE's released protocol: EDM Heun with 2,000 steps, step correction with the
+#: unsquared norms, observation weights dropped to 0.1x and the PDE term switched on for the
+#: last 20 % of the steps.  Its Darcy weights: forward zeta_a = 5, inverse zeta_u = 5000,
+#: zeta_pde = 100 (on its own [-1, 1] scaling of the fields, see ANCHORS.md).
+DIFFUSIONPDE = Protocol(
+    sampler="heun", steps=2000, pde_weight=100.0, switch_fraction=0.8, obs_weight_after=0.1
+)
+
+
+def _check(protocol: Protocol, spec: FieldSpec) -> None:
+    if protocol.sampler not in SAMPLERS:
+        raise PdediffError(f"unknown sampler {protocol.sampler!r}; known: {sorted(SAMPLERS)}")
+    if protocol.steps < 1:
+        raise PdediffError(f"steps must be >= 1, got {protocol.steps}")
+    unknown = sorted(set(protocol.obs_weight) - set(spec.variables))
+    if unknown:
+        raise PdediffError(
+            f"observation weights for unknown field(s) {unknown}; the model "
+            f"has {list(spec.variables)}"
+        )
+    weights = [*protocol.obs_weight.values(), protocol.default_obs_weight, protocol.pde_weight]
+    if any(w < 0 or w != w for w in weights):
+        raise PdediffError(f"guidance weights must be >= 0, got {protocol.to_dict()}")
+
+
+def pde_residual_fn(
+    family: PDEFamily, spec: FieldSpec, params: Params
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x0 (normalised, (N, C, *grid)) -> r / s``: the family's residual of the physical
+    fields, divided by the RMS of its largest term (held constant in the gradient)."""
+    missing = [f for f in family.fields if f not in spec.variables]
+    if missing:
+        raise PdediffError(
+            f"the model lacks field(s) {missing} of the {family.name} residual; "
+            f"it has {list(spec.variables)}"
+        )
+    grid = spec.grid()
+    full = family.params(params)
+
+    def residual(x0: torch.Tensor) -> torch.Tensor:
+        phys = spec.denormalise(x0)
+        fields = {f: phys[:, spec.variables.index(f)] for f in family.fields}
+        terms = family.terms(fields, grid, full)
+        scale = torch.stack([t.flatten(1).pow(2).mean(1) for t in terms.values()]).amax(0)
+        scale = scale.sqrt().clamp_min(torch.finfo(x0.dtype).tiny).detach()
+        r = sum(terms.values())
+        return r / scale.reshape(-1, *([1] * (r.ndim - 1)))
+
+    return residual
+
+
+def guidance_terms(
+    model: ObservationModel,
+    spec: FieldSpec,
+    protocol: Protocol,
+    sigmas: torch.Tensor,
+    residual: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> list:
+    """The weighted terms of the step correction (one observation term per field)."""
+    s_switch = (
+        sigma_at_step_fraction(sigmas, protocol.switch_fraction)
+        if protocol.switch_fraction is not None
+        else None
+    )
+
+    def schedule(before: float, after: float):
+        return switch(before, after, s_switch) if s_switch is not None else before
+
+    terms = []
+    slices = model.operator.slices()
+    for op, name in zip(model.operator.operators, model.operator.names, strict=True):
+        zeta = protocol.obs_weight.get(name, protocol.default_obs_weight)
+        if zeta == 0:
+            continue
+        y = model.y[slices[name]]
+        term = ObservationTerm(op, y, norm="l2", name=f"obs_{name}")
+        terms.append((term, schedule(zeta, protocol.obs_weight_after * zeta)))
+    if residual is not None and protocol.pde_weight > 0:
+
+        def scaled(x0: torch.Tensor) -> torch.Tensor:
+            r = residual(x0)
+            return r / r[0].numel() ** 0.5  # ||r|| / sqrt(P): an RMS, whatever the grid size
+
+        before = 0.0 if s_switch is not None else protocol.pde_weight
+        terms.append(
+            (ResidualTerm(scaled, norm="l2", name="pde"), schedule(before, protocol.pde_weight))
+        )
+    return terms
+
+
+def sample_posterior(
+    denoiser: Denoiser,
+    spec: FieldSpec,
+    model: ObservationModel,
+    protocol: Protocol,
+    *,
+    members: int = 8,
+    family: PDEFamily | None = None,
+    params: Params | None = None,
+    seed: int = 0,
+    callback: Callback | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """An ensemble of ``members`` posterior samples, normalised, ``(members, C, *grid)``.
+
+    All members are sampled in one batch; each has its own noise (from ``seed``) and its own
+    guidance gradient (per-sample losses never mix).
+
+    Raises
+    ------
+    PdediffError
+        Bad protocol (unknown sampler or field, negative weight).
+    FloatingPointError
+        The sample blew up; the message names the guidance term with a non-finite gradient
+        (lower its weight).
+    """
+    _check(protocol, spec)
+    if members < 1:
+        raise PdediffError(f"members must be >= 1, got {members}")
+    sigmas = karras_sigmas(protocol.steps, protocol.sigma_min, protocol.sigma_max, protocol.rho).to(
+        dtype
+    )
+    residual = pde_residual_fn(family, spec, params or {}) if family is not None else None
+    terms = guidance_terms(model, spec, protocol, sigmas, residual)
+    correction = step_correction(denoiser, terms) if terms else None
+    generator = torch.Generator().manual_seed(seed)
+    x = sigmas[0] * torch.randn(
+        members, len(spec.variables), *spec.shape, generator=generator, dtype=dtype
+    )
+    weights = {
+        "obs_weight": dict(protocol.obs_weight),
+        "pde_weight": protocol.pde_weight,
+        "default_obs_weight": protocol.default_obs_weight,
+    }
+    try:
+        with torch.no_grad():
+            out = SAMPLERS[protocol.sampler](
+                denoiser, x, sigmas, generator=generator, callback=callback, correction=correction
+            )
+    except FloatingPointError as e:
+        raise FloatingPointError(
+            f"sampling blew up ({e}); lower the guidance weight of that term (now {weights})"
+        ) from None
+    if not torch.isfinite(out).all():
+        raise FloatingPointError(
+            f"the posterior samples contain NaN/inf; lower the guidance weights (now {weights})"
+        )
+    return out

@@ -1,0 +1,218 @@
+"""The DiffusionPDE solver: guidance on an analytic Gaussian prior, the PDE residual term,
+the end-to-end API and CLI on a tiny trained model, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from pdediff.cli import main
+from pdediff.errors import PdediffError
+from pdediff.generate import generate
+from pdediff.io import FieldSpec, write_fields
+from pdediff.io.observations import (
+    build_operator,
+    observations_from_truth,
+    write_observations,
+)
+from pdediff.pde.registry import FAMILIES
+from pdediff.solve import DIFFUSIONPDE, Protocol, sample_posterior, solve
+from pdediff.solve.posterior import guidance_terms, pde_residual_fn
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def darcy():
+    return generate("darcy", 12, 8, seed=0, progress=False)
+
+
+def standard_normal_denoiser(x, sigma, cond=None):
+    """Exact denoiser of the prior N(0, I): E[x0 | x] = x / (1 + sigma^2)."""
+    s = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    return x / (1 + s**2)
+
+
+def unit_spec(ds: xr.Dataset) -> FieldSpec:
+    return FieldSpec.from_dataset(ds, ["a", "u"], normalise=False)
+
+
+def test_observations_pull_observed_points_and_leave_the_rest_to_the_prior(darcy):
+    truth = darcy.isel(sample=[0])
+    truth = truth.assign(a=truth["a"] * 0 + 1.5)  # target values 1.5 under a N(0, 1) prior
+    spec = unit_spec(truth)
+    obs, _ = observations_from_truth(truth, ["a"], count=6, seed=1)
+    model = build_operator(obs, spec)
+    protocol = Protocol(sampler="heun", steps=60, obs_weight={"a": 0.3})
+    x = sample_posterior(standard_normal_denoiser, spec, model, protocol, members=400, seed=2)
+    observed = model.operator(x.double())
+    # every member is pulled onto the observations (step correction, unsquared norm)
+    assert (observed - 1.5).abs().mean() < 0.1
+    mask = torch.zeros(spec.shape, dtype=torch.bool)
+    idx = np.searchsorted(spec.coords["y"], obs.fields["a"].positions["y"])
+    jdx = np.searchsorted(spec.coords["x"], obs.fields["a"].positions["x"])
+    mask[idx, jdx] = True
+    free = x[:, 0][:, ~mask]
+    # unobserved pixels of an independent prior stay N(0, 1): mean within 5 standard errors
+    assert abs(free.mean()) < 5 / np.sqrt(free.numel())
+    assert abs(free.std() - 1) < 0.05
+    # the unobserved channel is untouched
+    assert abs(x[:, 1].std() - 1) < 0.05
+
+
+def test_without_guidance_the_sampler_returns_the_prior(darcy):
+    spec = unit_spec(darcy.isel(sample=[0]))
+    obs, _ = observations_from_truth(darcy.isel(sample=[0]), ["a"], count=4, seed=0)
+    model = build_operator(obs, spec)
+    protocol = Protocol(steps=40, default_obs_weight=0.0)
+    x = sample_posterior(standard_normal_denoiser, spec, model, protocol, members=200, seed=0)
+    assert abs(x.mean()) < 0.02 and abs(x.std() - 1) < 0.02
+
+
+def test_pde_residual_term_is_zero_at_the_truth_and_scale_free(darcy):
+    spec = FieldSpec.from_dataset(darcy, ["a", "u"])
+    fam = FAMILIES["darcy"]
+    fn = pde_residual_fn(fam, spec, {})
+    x = spec.to_tensor(darcy).double()
+    r_truth = fn(x).flatten(1).pow(2).mean(1).sqrt()
+    assert r_truth.max() < 1e-4  # float32 storage of an exact solve
+    noisy = x + 0.05 * torch.randn_like(x)
+    assert fn(noisy).flatten(1).pow(2).mean(1).sqrt().min() > 1e-2
+    # the same physics in other units (u scaled by 1000, f by 1000) gives the same loss
+    scaled = darcy.assign(u=darcy["u"] * 1000)
+    spec_s = FieldSpec.from_dataset(scaled, ["a", "u"])
+    fn_s = pde_residual_fn(fam, spec_s, {"f": 1000.0})
+    torch.testing.assert_close(
+        fn_s(spec_s.normalise(spec_s.denormalise(spec_s.to_tensor(scaled).double())) + 0 * noisy),
+        fn_s(spec_s.to_tensor(scaled).double()),
+    )
+
+
+def test_diffusionpde_protocol_switches_terms(darcy):
+    spec = FieldSpec.from_dataset(darcy, ["a", "u"])
+    obs, _ = observations_from_truth(darcy.isel(sample=[0]), ["a", "u"], count=5, seed=0)
+    model = build_operator(obs, spec)
+    from pdediff.core.schedules import karras_sigmas
+
+    sigmas = karras_sigmas(100)
+    proto = DIFFUSIONPDE.with_overrides(obs_weight={"a": 5.0, "u": 0.0})
+    terms = guidance_terms(model, spec, proto, sigmas, pde_residual_fn(FAMILIES["darcy"], spec, {}))
+    names = [t.name for t, _ in terms]
+    assert names == ["obs_a", "pde"]
+    (_, w_obs), (_, w_pde) = terms
+    early, late = sigmas[10:11].double(), sigmas[95:96].double()
+    assert float(w_obs(early)) == 5.0 and float(w_obs(late)) == 0.5
+    assert float(w_pde(early)) == 0.0 and float(w_pde(late)) == 100.0
+
+
+def test_bad_protocols(darcy):
+    spec = unit_spec(darcy.isel(sample=[0]))
+    obs, _ = observations_from_truth(darcy.isel(sample=[0]), ["a"], count=4, seed=0)
+    model = build_operator(obs, spec)
+    for proto, msg in [
+        (Protocol(sampler="rk45"), "unknown sampler 'rk45'"),
+        (Protocol(steps=0), "steps must be >= 1"),
+        (Protocol(obs_weight={"b": 1.0}), r"unknown field\(s\) \['b'\]"),
+        (Protocol(pde_weight=-1.0), "must be >= 0"),
+    ]:
+        with pytest.raises(PdediffError, match=msg):
+            sample_posterior(standard_normal_denoiser, spec, model, proto)
+    with pytest.raises(PdediffError, match="members must be >= 1"):
+        sample_posterior(standard_normal_denoiser, spec, model, Protocol(), members=0)
+
+
+def test_blow_up_is_reported_with_what_to_lower(darcy):
+    spec = unit_spec(darcy.isel(sample=[0]))
+    obs, _ = observations_from_truth(darcy.isel(sample=[0]), ["a"], count=4, seed=0)
+    model = build_operator(obs, spec)
+
+    def fragile(x, sigma, cond=None):  # a network whose output overflows for large inputs
+        return standard_normal_denoiser(x, sigma) + 1e-3 * x**3
+
+    with pytest.raises(FloatingPointError, match=r"blew up .*lower the guidance weight.*1000000"):
+        proto = Protocol(steps=10, obs_weight={"a": 1e6})
+        sample_posterior(fragile, spec, model, proto, members=2)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, darcy):
+    from pdediff.train import TrainConfig, train
+
+    cfg = TrainConfig.from_dict(
+        {
+            "model": {"backbone_kwargs": {"model_channels": 8, "channel_mult": [1, 2]}},
+            "optimizer": {"lr": 2e-3, "warmup_steps": 5},
+            "batch_size": 4,
+            "steps": 10,
+            "log_every": 5,
+            "checkpoint_every": 10,
+        }
+    )
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    train(darcy, out, cfg, progress=False)
+    return out
+
+
+@pytest.mark.parametrize(
+    "task, fields", [("forward", ["a"]), ("inverse", ["u"]), ("joint", ["a", "u"])]
+)
+def test_solve_api_returns_a_posterior_dataset(checkpoint, darcy, task, fields):
+    obs, _ = observations_from_truth(darcy.isel(sample=[3]), ["a", "u"], count=6, seed=0)
+    ds = solve(checkpoint, obs, task=task, members=3, protocol={"steps": 4}, progress=False)
+    assert ds["a"].dims == ("member", "y", "x") and ds.sizes["member"] == 3
+    assert {"a_mean", "a_std", "u_mean", "u_std"} <= set(ds.data_vars)
+    assert sorted(v[4:] for v in ds.data_vars if v.startswith("obs_")) == fields
+    assert ds.attrs["task"] == task and ds.attrs["pde_guidance"] == "darcy"
+    np.testing.assert_allclose(ds["a_mean"], ds["a"].mean("member"), rtol=1e-5)
+    xr.testing.assert_equal(ds["x"], darcy["x"])
+
+
+def test_solve_cli_end_to_end_and_bad_input(checkpoint, darcy, tmp_path, capsys):
+    obs, _ = observations_from_truth(darcy.isel(sample=[3]), ["u"], count=6, seed=0)
+    obs_path = write_observations(obs, tmp_path / "obs.nc")
+    out, fig = tmp_path / "post.nc", tmp_path / "post.png"
+    argv = [
+        "solve",
+        "--model",
+        str(checkpoint),
+        "--obs",
+        str(obs_path),
+        "--task",
+        "inverse",
+        "--members",
+        "2",
+        "--steps",
+        "3",
+        "-o",
+        str(out),
+        "--plot",
+        str(fig),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    assert out.exists() and fig.read_bytes()[:4] == b"\x89PNG"
+    assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
+    bad = [
+        "solve",
+        "--model",
+        str(checkpoint),
+        "--obs",
+        str(obs_path),
+        "--task",
+        "forward",
+        "-o",
+        str(tmp_path / "x.nc"),
+        "--quiet",
+    ]
+    assert main(bad) == 2
+    assert "coefficient fields ['a']" in capsys.readouterr().err
+    assert not (tmp_path / "x.nc").exists()
+    write_fields(darcy.isel(sample=[0]), tmp_path / "truth.nc")
