@@ -22,6 +22,7 @@ dict) is passed through unchanged.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 
 import torch
@@ -39,7 +40,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-class Preconditioner(nn.Module):
+class Preconditioner(nn.Module, abc.ABC):
     """Shared ``forward`` of the preconditioners (EDM eq. 7); subclasses give Table 1.
 
     Parameters
@@ -56,9 +57,9 @@ class Preconditioner(nn.Module):
         super().__init__()
         self.backbone = backbone
 
+    @abc.abstractmethod
     def coefficients(self, sigma: torch.Tensor) -> Coefficients:
         """``(c_skip, c_out, c_in, c_noise)`` at ``sigma`` (same shape as ``sigma``)."""
-        raise NotImplementedError
 
     def round_sigma(self, sigma: torch.Tensor | float) -> torch.Tensor:
         """Noise levels the network supports; continuous-time models: the identity."""

@@ -28,6 +28,7 @@ fields (see :func:`pdediff.io.observations.build_operator`).
 
 from __future__ import annotations
 
+import abc
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -60,7 +61,7 @@ def _generator(generator: torch.Generator | int | None) -> torch.Generator | Non
     return torch.Generator().manual_seed(int(generator))
 
 
-class LinearObservation:
+class LinearObservation(abc.ABC):
     """Base class: a linear map from fields ``(N, C, *grid)`` to observations ``(N, M)``.
 
     Subclasses set :attr:`input_shape` (``(C, *grid)``) and :attr:`num_observations`
@@ -75,13 +76,13 @@ class LinearObservation:
         self._cache: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
     # -- interface ------------------------------------------------------------------------
+    @abc.abstractmethod
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Observations ``A x``: ``(N, C, *grid) -> (N, M)``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """Adjoint ``A^T y``: ``(N, M) -> (N, C, *grid)``."""
-        raise NotImplementedError
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)
