@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ from pdediff.generate import generate, sample_rng
 from pdediff.pde.registry import get_family
 
 sys.path.insert(0, str(Path(__file__).parent))
-from generate_speed import machine  # noqa: E402
+from _common import command_line, machine, save, utc_now  # noqa: E402
 
 VAL_OFFSET = 1000
 # ANCHORS.md, "Classical baselines on the anchor Darcy setting" (8 cases each).
@@ -230,20 +228,17 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
     result = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]),
+        "command": command_line(),
         "note": "classical baselines on the anchor Darcy setting (pdediff darcy defaults); "
         "test data generate(family, n, R, seed), validation seed + 1000; sensors: M distinct "
         "random grid points per sample (boundary included); errors in %; lam/eps chosen on "
         "validation samples; single process, one core",
         "seed": args.seed,
         "machine": machine(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "date": utc_now(),
         "rows": rows,
     }
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"saved {args.out}")
+    save(result, args.out)
 
 
 if __name__ == "__main__":

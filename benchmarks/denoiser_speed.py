@@ -15,9 +15,7 @@ minimum, the least disturbed by other processes on a shared CPU (the JSON also h
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -30,7 +28,7 @@ from pdediff.core.precond import EDMPrecond
 from pdediff.nets import build_backbone
 
 sys.path.insert(0, str(Path(__file__).parent))
-from generate_speed import machine  # noqa: E402
+from _common import command_line, machine, save, utc_now  # noqa: E402
 
 MODELS = {
     "unet-small": (
@@ -121,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(measure("unet-diffusionpde", *DIFFUSIONPDE, 128, 1, args))
         print_row(rows[-1])
     result = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]),
+        "command": command_line(),
         "note": "ms per EDMPrecond(backbone) evaluation, float32, CPU; forward under no_grad; "
         "forward+backward = gradients of mean(D(x)^2) to every weight; min and median of "
         "runs after a warm-up (the table shows min: other processes share this CPU)",
@@ -129,12 +127,9 @@ def main(argv: list[str] | None = None) -> None:
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "seconds": round(time.perf_counter() - t_start, 1),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows,
+        "date": utc_now(), "rows": rows,
     }  # fmt: skip
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"saved {args.out} ({result['seconds']} s)")
+    save(result, args.out)
 
 
 if __name__ == "__main__":

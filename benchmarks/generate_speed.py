@@ -8,31 +8,14 @@ numbers of Dask workers.  Prints a table and saves it (JSON) with the command, s
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from pdediff import __version__
 from pdediff.generate import generate
 
-
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "pdediff": __version__,
-    }
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import command_line, machine, save, utc_now  # noqa: E402
 
 
 def time_generate(family: str, n: int, resolution: int, workers: int, seed: int) -> dict:
@@ -85,19 +68,16 @@ def main(argv: list[str] | None = None) -> None:
     for w, sec in startup.items():
         print(f"LocalCluster start + stop with {w} workers: {sec:.2f} s")
     result = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]),
+        "command": command_line(),
         "note": "wall time of pdediff.generate, including Dask LocalCluster start-up when "
         "workers > 1; one process per worker, one thread each",
         "seed": args.seed,
         "machine": machine(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "date": utc_now(),
         "rows": rows,
         "cluster_startup_s": startup,
     }
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"saved {args.out}")
+    save(result, args.out)
 
 
 if __name__ == "__main__":

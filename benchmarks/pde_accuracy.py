@@ -11,8 +11,6 @@ finite-difference residual on them, and the time per sample.  Prints a table and
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ import torch
 from pdediff.generate import sample_rng
 
 sys.path.insert(0, str(Path(__file__).parent))
-from generate_speed import machine  # noqa: E402
+from _common import command_line, machine, save, utc_now  # noqa: E402
 
 from pdediff.pde.registry import FAMILIES  # noqa: E402
 
@@ -67,18 +65,15 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
     result = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]),
+        "command": command_line(),
         "note": "relative residual ||r||/max_k||term_k|| of float64 reference solutions under "
         "pdediff's residual; one thread",
         "seed": args.seed,
         "machine": machine(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "date": utc_now(),
         "rows": rows,
     }
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"saved {args.out}")
+    save(result, args.out)
 
 
 if __name__ == "__main__":

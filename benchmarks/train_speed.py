@@ -11,18 +11,15 @@ command, seed and machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from generate_speed import machine  # noqa: E402
+from _common import command_line, machine, save, utc_now  # noqa: E402
 
 from pdediff.generate import generate  # noqa: E402
 from pdediff.train import TrainConfig, train  # noqa: E402
@@ -89,19 +86,16 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)  # fmt: skip
     device = str(resolve_device(args.device))
     result = {
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]]),
+        "command": command_line(),
         "note": "pdediff.train on Darcy fields (a, u), EDM loss, AdamW + EMA, default small "
                 "backbones; samples/s over the timed steps after warm-up",
         "seed": args.seed, "device": device, "torch_threads": torch.get_num_threads(),
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
         "machine": machine(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows,
+        "date": utc_now(), "rows": rows,
     }  # fmt: skip
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"saved {args.out}")
+    save(result, args.out)
 
 
 if __name__ == "__main__":

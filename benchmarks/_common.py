@@ -1,0 +1,46 @@
+"""What every benchmark records with its numbers: the command, the machine, the date."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pdediff import __version__
+
+
+def machine() -> dict:
+    """Platform, CPU count and library versions of this machine."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "pdediff": __version__,
+    }
+
+
+def command_line() -> str:
+    """The command that ran this script, quoted for a shell."""
+    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def save(result: dict, out: str | os.PathLike | None) -> None:
+    """Write ``result`` as JSON to ``out`` (if given), creating its folder."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"saved {out}")
