@@ -170,7 +170,7 @@ def test_solve_api_returns_a_posterior_dataset(checkpoint, darcy, task, fields):
     assert ds["a"].dims == ("member", "y", "x") and ds.sizes["member"] == 3
     assert {"a_mean", "a_std", "u_mean", "u_std"} <= set(ds.data_vars)
     assert sorted(v[4:] for v in ds.data_vars if v.startswith("obs_")) == fields
-    assert ds.attrs["task"] == task and ds.attrs["pde_guidance"] == "darcy"
+    assert ds.attrs["task"] == task and ds.attrs["pde_guidance"] == "none"
     np.testing.assert_allclose(ds["a_mean"], ds["a"].mean("member"), rtol=1e-5)
     xr.testing.assert_equal(ds["x"], darcy["x"])
 

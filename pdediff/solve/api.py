@@ -153,7 +153,7 @@ def solve(
         "task": task,
         "preset": preset,
         "protocol": proto.to_dict(),
-        "pde_guidance": family.name if family else "none",
+        "pde_guidance": family.name if family and proto.pde_weight > 0 else "none",
         "members": members,
         "seed": seed,
         "run_time_s": round(seconds, 3),

@@ -1,0 +1,780 @@
+"""Evaluation of a trained model, and of classical baselines, on a whole test set.
+
+For each test sample ``i`` the observations are drawn from the truth with a seed derived
+from ``(seed, i)`` (:func:`sample_seeds`, :func:`draw_observations`): ``points`` random grid
+points per observed field, as in DiffusionPDE.  The task picks the observed fields
+(``forward``: the coefficient fields, ``inverse``: the solution fields, ``joint``: all), and
+every method is run on the *same* observations:
+
+* ``diffusion``: :func:`pdediff.solve.solve`, an ensemble of ``members`` posterior samples;
+* ``interp-solve`` (forward, joint; Darcy, Poisson, Helmholtz):
+  :func:`pdediff.baselines.interpolate_then_solve`, with the ``u`` sensors held in a joint
+  task;
+* ``pde-fit`` (inverse; Darcy, Poisson, Helmholtz): :func:`pdediff.baselines.pde_constrained_fit`.
+
+Each (method, sample, field) gives one row of scores from :mod:`pdediff.metrics`; the
+baselines are point estimates (one "member"), so their probabilistic scores are left out
+except the CRPS, which for one member is the mean absolute error.  The table goes to JSON
+(rows, summary, rank histograms and the settings) and CSV (the rows), both rewritten
+atomically after every sample, so a crash loses at most the sample in progress.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import xarray as xr
+
+from pdediff import __version__
+from pdediff.errors import DataError, PdediffError
+from pdediff.io.conventions import PARAM_PREFIX, SAMPLE_DIM, dataset_params
+from pdediff.io.fieldspec import FieldSpec
+from pdediff.io.observations import FieldObservations, Observations, observations_from_truth
+from pdediff.io.store import atomic_path, open_fields
+from pdediff.metrics import (
+    coverage,
+    crps_ensemble,
+    rank_histogram,
+    relative_l2,
+    residual_norm,
+    spread_skill,
+    threshold_error_rate,
+)
+from pdediff.pde.base import Grid, PDEFamily
+from pdediff.pde.registry import FAMILIES
+from pdediff.solve.api import PRESETS, TASKS, select_task
+from pdediff.solve.posterior import Protocol
+
+__all__ = [
+    "COLUMNS",
+    "METHODS",
+    "Evaluation",
+    "check_methods",
+    "draw_observations",
+    "evaluate",
+    "sample_seeds",
+]
+
+METHODS = ("diffusion", "interp-solve", "pde-fit")
+#: Tasks each method can solve (the baselines need the coefficient, resp. solution, sensors).
+METHOD_TASKS = {
+    "diffusion": TASKS,
+    "interp-solve": ("forward", "joint"),
+    "pde-fit": ("inverse",),
+}
+ENSEMBLE_METHODS = frozenset({"diffusion"})
+BASELINE_FAMILIES = ("darcy", "poisson", "helmholtz")
+COVERAGE_LEVEL = 0.9
+#: The columns of a row, in the order of the CSV.
+COLUMNS = (
+    "method",
+    "sample",
+    "field",
+    "observed",
+    "n_obs",
+    "obs_seed",
+    "members",
+    "rel_l2_mean",
+    "rel_l2_member",
+    "error_rate_mean",
+    "error_rate_member",
+    "residual",
+    "crps",
+    "coverage90",
+    "spread_skill",
+    "seconds",
+    "error",
+)
+#: The columns summarised as mean and std over the samples.
+METRICS = COLUMNS[7:16]
+
+
+# ----------------------------------------------------------------------------- seeds, data
+
+
+def sample_seeds(seed: int, index: int) -> tuple[int, int]:
+    """Seeds of test sample ``index``: its observation draw and its posterior sampling.
+
+    Both come from ``numpy.random.SeedSequence([seed, index])``, so samples get independent
+    streams and a sample's observations do not depend on which others are evaluated.
+    """
+    if int(seed) != seed or seed < 0:
+        raise PdediffError(f"seed must be an integer >= 0, got {seed}")
+    obs_seed, solve_seed = np.random.SeedSequence([int(seed), int(index)]).generate_state(2)
+    return int(obs_seed), int(solve_seed)
+
+
+def draw_observations(
+    ds: xr.Dataset,
+    spec: FieldSpec,
+    task: str,
+    index: int,
+    seed: int = 0,
+    *,
+    points: int | None = 500,
+    fraction: float | None = None,
+    noise_std: float | Mapping[str, float] = 0.0,
+    layout: str = "points",
+) -> Observations:
+    """The observations of test sample ``index`` that every method gets.
+
+    Every field of the model is drawn (:func:`~pdediff.io.observations.observations_from_truth`
+    with the first seed of :func:`sample_seeds`), then the task keeps its fields
+    (:func:`~pdediff.solve.api.select_task`): a field's sensors are therefore the same in
+    the forward, inverse and joint tasks.  ``fraction`` overrides ``points``.
+    """
+    obs, _ = observations_from_truth(
+        ds,
+        spec.variables,
+        points,
+        fraction=fraction,
+        seed=sample_seeds(seed, index)[0],
+        noise_std=noise_std,
+        layout=layout,
+        sample=index,
+    )
+    return select_task(obs, spec, task)
+
+
+def _open(data: str | os.PathLike | xr.Dataset) -> tuple[xr.Dataset, str]:
+    if isinstance(data, xr.Dataset):
+        return data, "<in-memory Dataset>"
+    return open_fields(data), str(data)
+
+
+def _check_data(ds: xr.Dataset, spec: FieldSpec, where: str) -> None:
+    """The test set must hold the model's fields on its grid, from the same PDE."""
+    try:
+        spec.check_compatible(ds)
+    except DataError as e:
+        raise DataError(f"test set {where} does not fit the model: {e}") from None
+    if SAMPLE_DIM not in ds.dims:
+        raise DataError(f"test set {where} has no {SAMPLE_DIM!r} dim")
+    model_pde, data_pde = spec.attrs.get("pde"), ds.attrs.get("pde")
+    if model_pde is not None and data_pde is not None and str(model_pde) != str(data_pde):
+        raise DataError(
+            f"test set {where} holds {data_pde!r} data but the model was trained on "
+            f"{model_pde!r} data"
+        )
+    model_p = {
+        k[len(PARAM_PREFIX) :]: v for k, v in spec.attrs.items() if k.startswith(PARAM_PREFIX)
+    }
+    data_p = dataset_params(ds)
+    differ = {
+        k: (float(model_p[k]), data_p[k])
+        for k in sorted(model_p.keys() & data_p.keys())
+        if not np.isclose(float(model_p[k]), data_p[k], rtol=1e-9, atol=0.0)
+    }
+    if differ:
+        raise DataError(
+            f"PDE parameters of test set {where} differ from the model's training data "
+            f"(name: (model, data)): {differ}"
+        )
+
+
+def _indices(ds: xr.Dataset, samples: int | None) -> list[int]:
+    n = ds.sizes[SAMPLE_DIM]
+    if samples is None:
+        return list(range(n))
+    if int(samples) != samples or not 1 <= samples <= n:
+        raise PdediffError(
+            f"samples must be between 1 and {n} (the test set's size), got {samples}"
+        )
+    return list(range(int(samples)))
+
+
+def check_methods(methods: Sequence[str], task: str, family: PDEFamily | None) -> tuple[str, ...]:
+    """The methods, deduplicated, if each is known and solves ``task`` for ``family``."""
+    if task not in TASKS:
+        raise PdediffError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    methods = tuple(dict.fromkeys(methods))
+    if not methods:
+        raise PdediffError(f"no method given; choose from {', '.join(METHODS)}")
+    for m in methods:
+        if m not in METHODS:
+            raise PdediffError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        if task not in METHOD_TASKS[m]:
+            raise PdediffError(
+                f"method {m!r} does not solve the {task} task (it solves "
+                f"{' and '.join(METHOD_TASKS[m])})"
+            )
+        name = family.name if family is not None else None
+        if m != "diffusion" and name not in BASELINE_FAMILIES:
+            what = f"is {name!r}" if name else "names no known PDE family (attribute 'pde')"
+            raise PdediffError(
+                f"method {m!r} needs a {', '.join(BASELINE_FAMILIES)} test set; this one {what}"
+            )
+    return methods
+
+
+def _protocol(preset: str, protocol: Mapping | None) -> Protocol:
+    if preset not in PRESETS:
+        raise PdediffError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    unknown = sorted(set(protocol or {}) - {f.name for f in fields(Protocol)})
+    if unknown:
+        raise PdediffError(
+            f"unknown protocol setting(s) {unknown}; known: {[f.name for f in fields(Protocol)]}"
+        )
+    return PRESETS[preset].with_overrides(**dict(protocol or {}))
+
+
+# ------------------------------------------------------------------------------ the methods
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every method and score of one evaluation needs."""
+
+    checkpoint: str
+    spec: FieldSpec
+    task: str
+    family: PDEFamily | None
+    params: dict[str, float]
+    grid: Grid
+    levels: dict[str, tuple[float, float]]
+    members: int
+    preset: str
+    protocol: dict
+    use_pde: bool
+    options: dict[str, dict]
+
+
+def _grid_indices(obs: FieldObservations, spec: FieldSpec, name: str) -> np.ndarray:
+    """Flat (C-order) grid indices of observations that lie on grid nodes."""
+    index = []
+    for d in spec.dims:
+        c, p = np.asarray(spec.coords[d]), obs.positions[d]
+        k = np.abs(c[None, :] - p[:, None]).argmin(axis=1)
+        if not np.allclose(c[k], p, rtol=0.0, atol=1e-9 * max(1.0, float(np.ptp(c)))):
+            raise PdediffError(f"the baselines need observations of {name!r} on grid nodes")
+        index.append(k)
+    return np.ravel_multi_index(index, spec.shape)
+
+
+def _run_diffusion(ctx: _Context, obs: Observations, solve_seed: int) -> tuple[dict, float]:
+    from pdediff.solve.api import solve
+
+    post = solve(
+        ctx.checkpoint,
+        obs,
+        task=ctx.task,
+        members=ctx.members,
+        preset=ctx.preset,
+        protocol=ctx.protocol,
+        use_pde=ctx.use_pde,
+        seed=solve_seed,
+        progress=False,
+    )
+    dims = ("member", *ctx.spec.dims)
+    est = {f: np.asarray(post[f].transpose(*dims).values, np.float64) for f in ctx.spec.variables}
+    return est, float(post.attrs["run_time_s"])
+
+
+def _run_interp_solve(ctx: _Context, obs: Observations) -> dict:
+    from pdediff.baselines import interpolate_then_solve
+
+    a = obs.fields["a"]
+    kwargs = dict(ctx.options.get("interp-solve", {}))
+    if "u" in obs.fields:  # joint task: hold u at its sensors
+        kwargs.update(
+            u_idx=_grid_indices(obs.fields["u"], ctx.spec, "u"), u_values=obs.fields["u"].values
+        )
+    return interpolate_then_solve(
+        ctx.family, ctx.grid, ctx.params, _grid_indices(a, ctx.spec, "a"), a.values, **kwargs
+    )
+
+
+def _run_pde_fit(ctx: _Context, obs: Observations) -> dict:
+    from pdediff.baselines import pde_constrained_fit
+
+    u = obs.fields["u"]
+    out = pde_constrained_fit(
+        ctx.family,
+        ctx.grid,
+        ctx.params,
+        _grid_indices(u, ctx.spec, "u"),
+        u.values,
+        **ctx.options.get("pde-fit", {}),
+    )
+    return {"a": out["a"], "u": out["u"]}
+
+
+def _run(method: str, ctx: _Context, obs: Observations, solve_seed: int) -> tuple[dict, float]:
+    """``field -> (M, *grid)`` estimates and the seconds they took."""
+    if method == "diffusion":
+        return _run_diffusion(ctx, obs, solve_seed)
+    t0 = time.perf_counter()
+    run = _run_interp_solve if method == "interp-solve" else _run_pde_fit
+    est = run(ctx, obs)
+    seconds = time.perf_counter() - t0
+    return {f: np.asarray(v, np.float64)[None] for f, v in est.items()}, seconds
+
+
+# ------------------------------------------------------------------------------- the scores
+
+
+def _residual(ctx: _Context, est: Mapping[str, np.ndarray]) -> float | None:
+    """Relative PDE residual of the (ensemble mean) estimate, if the family is known."""
+    if ctx.family is None or any(f not in est for f in ctx.family.fields):
+        return None
+    mean = {f: est[f].mean(axis=0)[None] for f in ctx.family.fields}
+    return float(residual_norm(ctx.family, mean, ctx.grid, ctx.params).relative[0])
+
+
+def score_field(
+    ens: np.ndarray,
+    truth: np.ndarray,
+    *,
+    ensemble: bool,
+    levels: tuple[float, float] | None = None,
+) -> dict[str, float | None]:
+    """Scores of one field of one sample: ``ens`` is ``(M, *grid)``, ``truth`` ``grid``.
+
+    ``rel_l2_mean`` / ``error_rate_mean`` score the ensemble mean, ``*_member`` the mean
+    over members of each member's score; the error rate only with ``levels``; coverage of
+    the central 90 % interval and the spread-skill ratio only for an ``ensemble`` of at
+    least two members.
+    """
+    mean, y = ens.mean(axis=0)[None], truth[None]
+    tiled = np.broadcast_to(truth, ens.shape)
+    two = ensemble and ens.shape[0] >= 2
+    out: dict[str, float | None] = {
+        "rel_l2_mean": float(relative_l2(mean, y)[0]),
+        "rel_l2_member": float(relative_l2(ens, tiled).mean()),
+        "error_rate_mean": None,
+        "error_rate_member": None,
+        "crps": float(crps_ensemble(ens, truth)),
+        "coverage90": float(coverage(ens, truth, COVERAGE_LEVEL)) if two else None,
+        "spread_skill": float(spread_skill(ens, truth)) if two else None,
+    }
+    if levels is not None:
+        out["error_rate_mean"] = float(threshold_error_rate(mean, y, levels=levels)[0])
+        out["error_rate_member"] = float(threshold_error_rate(ens, tiled, levels=levels).mean())
+    return out
+
+
+# ---------------------------------------------------------------------------- the result
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe copy: numpy scalars and arrays to Python, NaN/inf to ``None``."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _stats(values: list[float]) -> dict[str, float | int]:
+    a = np.asarray(values, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return {"mean": float(a.mean()), "std": float(a.std()), "n": int(a.size)}
+
+
+@dataclass
+class Evaluation:
+    """Rows of scores, rank histograms and the settings of one evaluation.
+
+    Attributes
+    ----------
+    rows
+        One dict per (method, sample, field) with the keys :data:`COLUMNS`; a score that
+        does not apply is ``None``; ``error`` is the message of a failed method, else ``""``.
+    rank_histograms
+        ``method -> field -> (M + 1,)`` counts pooled over samples and grid points
+        (ensemble methods only).
+    meta
+        Command, model, data, task, seed, protocol and the other settings; ``complete``
+        and ``samples_done`` say how far the evaluation got.
+    """
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rank_histograms: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """``method -> field -> metric -> {"mean", "std", "n"}`` over the samples (std with
+        ``ddof=0``, ``None`` and NaN/inf left out) and ``failed``, the failed samples."""
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in self.rows:
+            groups.setdefault((row["method"], row["field"]), []).append(row)
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for (method, name), rows in groups.items():
+            entry: dict[str, Any] = {"failed": sum(bool(r["error"]) for r in rows)}
+            for metric in METRICS:
+                values = [r[metric] for r in rows if r[metric] is not None]
+                if np.isfinite(values).any():
+                    entry[metric] = _stats(values)
+            out.setdefault(method, {})[name] = entry
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document: the settings, ``summary``, ``rank_histogram`` and ``rows``."""
+        return _clean(
+            {
+                **self.meta,
+                "summary": self.summary(),
+                "rank_histogram": self.rank_histograms,
+                "rows": self.rows,
+            }
+        )
+
+    def table(self):
+        """The rows as a :class:`pandas.DataFrame` (columns :data:`COLUMNS`)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=list(COLUMNS))
+
+    def write(self, path: str | os.PathLike, overwrite: bool = False) -> tuple[Path, Path]:
+        """Write ``path`` (JSON) and the rows as CSV beside it (same stem), atomically."""
+        json_path, csv_path = table_paths(path)
+        with atomic_path(json_path, overwrite) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+        with atomic_path(csv_path, overwrite) as tmp:
+            _write_csv(self.rows, tmp)
+        return json_path, csv_path
+
+    def format(self) -> str:
+        """The summary as a text table (relative errors in %)."""
+        return format_summary(self.summary())
+
+
+def table_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``TABLE.json`` and the ``TABLE.csv`` beside it; a clear error for another suffix."""
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        raise PdediffError(f"the evaluation table must be a .json file, got {str(path)!r}")
+    return path, path.with_suffix(".csv")
+
+
+def _write_csv(rows: list[dict[str, Any]], tmp: Path) -> None:
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for row in rows:
+            cells = [_clean(row[c]) for c in COLUMNS]
+            writer.writerow(
+                ["" if v is None else repr(v) if isinstance(v, float) else v for v in cells]
+            )
+
+
+#: (metric, header, scale) of the printed summary.
+_SHOWN = (
+    ("rel_l2_mean", "rel L2 mean %", 100.0),
+    ("rel_l2_member", "rel L2 member %", 100.0),
+    ("error_rate_mean", "err rate %", 100.0),
+    ("residual", "residual", 1.0),
+    ("crps", "CRPS", 1.0),
+    ("coverage90", "cov 90%", 1.0),
+    ("spread_skill", "spread/skill", 1.0),
+    ("seconds", "s/sample", 1.0),
+)
+
+
+def format_summary(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """A text table of a :meth:`Evaluation.summary`: mean ± std per method and field."""
+    header = ["method", "field", "n", *[h for _, h, _ in _SHOWN]]
+    lines = []
+    for method, per_field in summary.items():
+        for name, entry in per_field.items():
+            n = max((s["n"] for k, s in entry.items() if k in METRICS), default=0)
+            cells = [
+                method,
+                name,
+                f"{n}" + (f" ({entry['failed']} failed)" if entry["failed"] else ""),
+            ]
+            for metric, _, scale in _SHOWN:
+                s = entry.get(metric)
+                cells.append(
+                    "-" if s is None else f"{scale * s['mean']:.3g} ± {scale * s['std']:.2g}"
+                )
+            lines.append(cells)
+    widths = [max(len(r[k]) for r in [header, *lines]) for k in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *lines]
+    )
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _context(
+    checkpoint: str | os.PathLike,
+    ds: xr.Dataset,
+    where: str,
+    task: str,
+    methods: Sequence[str],
+    settings: Mapping[str, Any],
+) -> tuple[_Context, tuple[str, ...]]:
+    """Check the model, data, task and methods before any work; the shared context."""
+    from pdediff.train import read_checkpoint
+
+    spec = read_checkpoint(checkpoint).fieldspec
+    _check_data(ds, spec, where)
+    family = FAMILIES.get(str(ds.attrs.get("pde")))
+    methods = check_methods(methods, task, family)
+    params = {k: v for k, v in dataset_params(ds).items() if family and k in family.defaults}
+    full = family.params(params) if family is not None else {}
+    levels = {}
+    if family is not None and family.name == "darcy" and "a" in spec.variables:
+        levels["a"] = (full["a_low"], full["a_high"])
+    if int(settings["members"]) != settings["members"] or settings["members"] < 1:
+        raise PdediffError(f"members must be an integer >= 1, got {settings['members']}")
+    _protocol(settings["preset"], settings["protocol"])
+    options = {str(k): dict(v) for k, v in (settings.get("baseline_options") or {}).items()}
+    ctx = _Context(
+        checkpoint=str(checkpoint),
+        spec=spec,
+        task=task,
+        family=family,
+        params=params,
+        grid=spec.grid(),
+        levels=levels,
+        members=int(settings["members"]),
+        preset=settings["preset"],
+        protocol=dict(settings["protocol"] or {}),
+        use_pde=bool(settings["use_pde"]),
+        options=options,
+    )
+    return ctx, methods
+
+
+class _Sample(NamedTuple):
+    """One test sample: its observations, seeds and true fields ``(*grid)``."""
+
+    index: int
+    obs: Observations
+    obs_seed: int
+    solve_seed: int
+    truth: dict[str, np.ndarray]
+
+
+def _evaluate_sample(
+    result: Evaluation,
+    ctx: _Context,
+    ds: xr.Dataset,
+    index: int,
+    methods: Sequence[str],
+    draw: Mapping[str, Any],
+    seed: int,
+    bar: Any,
+) -> None:
+    """Draw sample ``index``'s observations once, run every method on them, add the rows."""
+    sel = ds.isel({SAMPLE_DIM: index})
+    sample = _Sample(
+        index,
+        draw_observations(ds, ctx.spec, ctx.task, index, seed, **draw),
+        *sample_seeds(seed, index),
+        {
+            f: np.asarray(sel[f].transpose(*ctx.spec.dims).values, np.float64)
+            for f in ctx.spec.variables
+        },
+    )
+    for method in methods:
+        try:
+            est, seconds = _run(method, ctx, sample.obs, sample.solve_seed)
+            error = ""
+        except (PdediffError, FloatingPointError) as e:
+            if method == "diffusion" and isinstance(e, PdediffError):
+                raise  # a bad protocol or model, not a property of this sample
+            est, seconds, error = {}, None, f"{type(e).__name__}: {e}"
+        _add_rows(result, ctx, method, sample, est, seconds, error)
+        bar.update(1)
+
+
+def _add_rows(
+    result: Evaluation,
+    ctx: _Context,
+    method: str,
+    sample: _Sample,
+    est: Mapping[str, np.ndarray],
+    seconds: float | None,
+    error: str,
+) -> None:
+    """One row per field of the model (empty scores where the method failed)."""
+    residual = _residual(ctx, est) if est else None
+    ensemble = method in ENSEMBLE_METHODS
+    obs = sample.obs.fields
+    for name in ctx.spec.variables:
+        scores: dict[str, Any] = dict.fromkeys(METRICS)
+        if name in est:
+            truth = sample.truth[name]
+            levels = ctx.levels.get(name)
+            scores.update(score_field(est[name], truth, ensemble=ensemble, levels=levels))
+            scores.update(residual=residual, seconds=seconds)
+        if name in est and ensemble:
+            rng = np.random.default_rng(sample.obs_seed)  # breaks ties only
+            counts = rank_histogram(est[name], sample.truth[name], rng)
+            hist = result.rank_histograms.setdefault(method, {})
+            hist[name] = hist[name] + counts if name in hist else counts
+        result.rows.append(
+            {
+                "method": method,
+                "sample": sample.index,
+                "field": name,
+                "observed": name in obs,
+                "n_obs": obs[name].size if name in obs else 0,
+                "obs_seed": sample.obs_seed,
+                "members": est[name].shape[0] if name in est else None,
+                **scores,
+                "error": error,
+            }
+        )
+
+
+def evaluate(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike | xr.Dataset,
+    *,
+    task: str = "inverse",
+    points: int | None = 500,
+    fraction: float | None = None,
+    noise_std: float | Mapping[str, float] = 0.0,
+    layout: str = "points",
+    members: int = 8,
+    preset: str = "pdediff",
+    protocol: Mapping | None = None,
+    use_pde: bool = True,
+    samples: int | None = None,
+    seed: int = 0,
+    methods: Sequence[str] = ("diffusion",),
+    baseline_options: Mapping[str, Mapping] | None = None,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    command: str | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Score a trained model (and baselines) on a test set, from observations drawn per sample.
+
+    Parameters
+    ----------
+    checkpoint
+        A ``pdediff train`` checkpoint directory.
+    data
+        The test set (a field file or Dataset with a ``sample`` dim): the model's fields
+        on its grid, from the same PDE family and parameters.
+    task
+        ``forward``, ``inverse`` or ``joint``: which fields are observed.
+    points, fraction
+        Observed grid points per field (``fraction`` of the grid points overrides
+        ``points``); with ``layout="columns"`` the number of sensor columns.
+    noise_std
+        Standard deviation of the Gaussian noise added to the observations (physical
+        units; one value or ``field -> value``).
+    members, preset, protocol, use_pde
+        As in :func:`pdediff.solve.solve` (``protocol`` overrides the preset's fields).
+    samples
+        Evaluate the first ``samples`` test samples (default: all).
+    seed
+        Master seed: sample ``i`` uses the seeds :func:`sample_seeds` ``(seed, i)``.
+    methods
+        Any of :data:`METHODS`; every method gets the same observations of a sample.
+    baseline_options
+        Keyword arguments per baseline, e.g. ``{"pde-fit": {"max_iter": 100}}``.
+    out
+        ``TABLE.json``: written, with ``TABLE.csv``, after every sample (atomically).
+    overwrite
+        Replace an existing table.
+    command
+        The command line to record (the CLI passes its own).
+    progress
+        Show a progress bar over samples and methods.
+
+    Returns
+    -------
+    Evaluation
+        Rows, summary, rank histograms and settings.
+
+    Raises
+    ------
+    PdediffError
+        Unknown task, method or preset; a method that does not solve the task or the
+        family; a test set that does not fit the model; a table path that is not ``.json``.
+    FileExistsError
+        The table (or its CSV) exists and ``overwrite`` is false.
+    """
+    from tqdm.auto import tqdm
+
+    ds, where = _open(data)
+    settings = {
+        "members": members,
+        "preset": preset,
+        "protocol": protocol,
+        "use_pde": use_pde,
+        "baseline_options": baseline_options,
+    }
+    ctx, methods = _context(checkpoint, ds, where, task, methods, settings)
+    indices = _indices(ds, samples)
+    if out is not None:
+        _check_output(out, overwrite)
+    draw = {"points": points, "fraction": fraction, "noise_std": noise_std, "layout": layout}
+    result = Evaluation(meta=_meta(ctx, where, methods, indices, seed, draw, command))
+    with tqdm(total=len(indices) * len(methods), desc="evaluate", disable=not progress) as bar:
+        for index in indices:
+            _evaluate_sample(result, ctx, ds, index, methods, draw, seed, bar)
+            result.meta["samples_done"] += 1
+            result.meta["complete"] = result.meta["samples_done"] == len(indices)
+            if out is not None:
+                result.write(out, overwrite=True)
+    return result
+
+
+def _check_output(out: str | os.PathLike, overwrite: bool) -> None:
+    paths = table_paths(out)
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise FileExistsError(
+            f"{' and '.join(existing)} {verb}; pass --overwrite (overwrite=True) to replace"
+        )
+    if not paths[0].parent.is_dir():
+        raise DataError(f"output folder {paths[0].parent} does not exist")
+
+
+def _meta(
+    ctx: _Context,
+    where: str,
+    methods: Sequence[str],
+    indices: Sequence[int],
+    seed: int,
+    draw: Mapping[str, Any],
+    command: str | None,
+) -> dict[str, Any]:
+    return {
+        "command": command,
+        "model": ctx.checkpoint,
+        "data": where,
+        "pde": ctx.family.name if ctx.family else None,
+        "params": ctx.family.params(ctx.params) if ctx.family else {},
+        "task": ctx.task,
+        "methods": list(methods),
+        "seed": seed,
+        **{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in draw.items()},
+        "members": ctx.members,
+        "preset": ctx.preset,
+        "protocol": _protocol(ctx.preset, ctx.protocol).to_dict(),
+        "use_pde": ctx.use_pde,
+        "baseline_options": ctx.options,
+        "coverage_level": COVERAGE_LEVEL,
+        "samples": len(indices),
+        "samples_done": 0,
+        "complete": False,
+        "pdediff": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

@@ -1,0 +1,317 @@
+"""Evaluation on a test set: the table of a tiny trained model and the baselines, the same
+observations for every method, the JSON and CSV files, the CLI and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import pdediff.solve.evaluate as evaluate_module
+from pdediff.baselines import interpolate_then_solve, pde_constrained_fit
+from pdediff.cli import main
+from pdediff.errors import PdediffError
+from pdediff.generate import generate
+from pdediff.io import write_fields
+from pdediff.metrics import relative_l2
+from pdediff.pde.registry import FAMILIES
+from pdediff.solve import solve
+from pdediff.solve.evaluate import (
+    COLUMNS,
+    check_methods,
+    draw_observations,
+    evaluate,
+    sample_seeds,
+)
+from pdediff.train import read_checkpoint
+
+FAST = {"points": 10, "members": 2, "protocol": {"steps": 3}, "samples": 2, "progress": False}
+METHODS = {"forward": ("diffusion", "interp-solve"), "inverse": ("diffusion", "pde-fit")}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from pdediff.train import TrainConfig, train
+
+    cfg = TrainConfig.from_dict(
+        {
+            "model": {"backbone_kwargs": {"model_channels": 8, "channel_mult": [1, 2]}},
+            "optimizer": {"lr": 2e-3, "warmup_steps": 5},
+            "batch_size": 4,
+            "steps": 10,
+            "log_every": 5,
+            "checkpoint_every": 10,
+        }
+    )
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    train(generate("darcy", 12, 8, seed=0, progress=False), out, cfg, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    return generate("darcy", 3, 8, seed=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tables(checkpoint, test_set):
+    """The forward and inverse tables with every method that solves the task."""
+    return {
+        task: evaluate(checkpoint, test_set, task=task, methods=methods, **FAST)
+        for task, methods in METHODS.items()
+    }
+
+
+@pytest.mark.parametrize("task", ["forward", "inverse"])
+def test_table_has_a_row_per_method_sample_and_field(tables, task):
+    result = tables[task]
+    rows = result.rows
+    assert len(rows) == len(METHODS[task]) * 2 * 2  # methods x samples x fields (a, u)
+    assert all(tuple(r) == COLUMNS for r in rows)
+    assert {(r["method"], r["sample"], r["field"]) for r in rows} == {
+        (m, i, f) for m in METHODS[task] for i in (0, 1) for f in ("a", "u")
+    }
+    observed = "a" if task == "forward" else "u"
+    for r in rows:
+        assert r["observed"] == (r["field"] == observed)
+        assert r["n_obs"] == (10 if r["observed"] else 0)
+        assert r["error"] == "" and 0 <= r["rel_l2_mean"] < np.inf and r["seconds"] >= 0
+        assert (r["error_rate_mean"] is not None) == (r["field"] == "a")  # Darcy a only
+        assert 0 <= r["residual"] < np.inf and r["crps"] >= 0
+        ensemble = r["method"] == "diffusion"
+        assert r["members"] == (2 if ensemble else 1)
+        assert (r["coverage90"] is not None) == ensemble
+        assert (r["spread_skill"] is not None) == ensemble
+    # classical solves satisfy the discrete PDE (data insertion aside)
+    baseline = [r for r in rows if r["method"] != "diffusion"]
+    assert max(r["residual"] for r in baseline) < 1e-8
+    summary = result.summary()
+    assert set(summary) == set(METHODS[task])
+    assert summary["diffusion"]["a"]["rel_l2_mean"]["n"] == 2
+    assert set(summary[METHODS[task][1]]["u"]) >= {"rel_l2_mean", "crps", "failed"}
+    assert "coverage90" not in summary[METHODS[task][1]]["u"]
+    hist = result.rank_histograms
+    assert set(hist) == {"diffusion"}
+    for f in ("a", "u"):
+        assert hist["diffusion"][f].shape == (3,) and hist["diffusion"][f].sum() == 2 * 64
+    assert result.meta["complete"] and result.meta["samples_done"] == 2
+    text = result.format()
+    assert text.splitlines()[0].startswith("method") and len(text.splitlines()) == 5
+
+
+def test_every_method_gets_the_same_observations(checkpoint, test_set, tables):
+    spec = read_checkpoint(checkpoint).fieldspec
+    fam, grid = FAMILIES["darcy"], spec.grid()
+    for task, result in tables.items():
+        for i in (0, 1):
+            obs = draw_observations(test_set, spec, task, i, 0, points=10)
+            rows = {(r["method"], r["field"]): r for r in result.rows if r["sample"] == i}
+            assert {r["obs_seed"] for r in rows.values()} == {sample_seeds(0, i)[0]}
+            truth = test_set.isel(sample=[i])
+            # the baseline rerun on these observations gives the table's numbers ...
+            f = obs.fields["a" if task == "forward" else "u"]
+            idx = np.ravel_multi_index(
+                [np.searchsorted(spec.coords[d], f.positions[d]) for d in spec.dims], spec.shape
+            )
+            if task == "forward":
+                est = interpolate_then_solve(fam, grid, None, idx, f.values)
+                name = "interp-solve"
+            else:
+                est = pde_constrained_fit(fam, grid, None, idx, f.values)
+                name = "pde-fit"
+            expected = relative_l2(est["u"][None], truth["u"].values)[0]
+            assert rows[(name, "u")]["rel_l2_mean"] == pytest.approx(expected, rel=1e-12)
+            # ... and so does the posterior, sampled with the sample's seed
+            post = solve(
+                checkpoint, obs, task=task, members=2, protocol={"steps": 3},
+                seed=sample_seeds(0, i)[1], progress=False,
+            )  # fmt: skip
+            expected = relative_l2(post["u_mean"].values[None], truth["u"].values)[0]
+            assert rows[("diffusion", "u")]["rel_l2_mean"] == pytest.approx(expected, rel=1e-5)
+    # a field's sensors do not depend on the task; samples get different sensors
+    inv = draw_observations(test_set, spec, "inverse", 0, 0, points=10).fields["u"]
+    joint = draw_observations(test_set, spec, "joint", 0, 0, points=10).fields["u"]
+    other = draw_observations(test_set, spec, "inverse", 1, 0, points=10).fields["u"]
+    assert all(np.array_equal(inv.positions[d], joint.positions[d]) for d in ("x", "y"))
+    assert not np.array_equal(inv.positions["x"], other.positions["x"])
+    noisy = draw_observations(test_set, spec, "inverse", 0, 0, points=10, noise_std=0.1)
+    assert np.array_equal(noisy.fields["u"].positions["y"], inv.positions["y"])
+    assert not np.allclose(noisy.fields["u"].values, inv.values)
+
+
+def test_the_same_seed_gives_the_same_table(checkpoint, test_set, tables):
+    again = evaluate(checkpoint, test_set, task="inverse", methods=METHODS["inverse"], **FAST)
+
+    def scores(rows):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert scores(again.rows) == scores(tables["inverse"].rows)
+    other = evaluate(
+        checkpoint, test_set, task="inverse", methods=["pde-fit"], **{**FAST, "samples": 1},
+        seed=1,
+    )  # fmt: skip
+    assert other.rows[0]["obs_seed"] != again.rows[0]["obs_seed"]
+
+
+def test_json_and_csv_are_written_and_agree(checkpoint, test_set, tmp_path):
+    out = tmp_path / "table.json"
+    result = evaluate(
+        checkpoint, test_set, task="forward", methods=METHODS["forward"], out=out, **FAST
+    )
+    doc = json.loads(out.read_text())
+    assert doc["complete"] and doc["task"] == "forward" and doc["seed"] == 0
+    assert doc["model"] == str(checkpoint) and doc["data"] == "<in-memory Dataset>"
+    assert doc["protocol"]["steps"] == 3 and doc["points"] == 10 and doc["pde"] == "darcy"
+    assert (
+        doc["rank_histogram"]["diffusion"]["u"] == result.rank_histograms["diffusion"]["u"].tolist()
+    )
+    with open(tmp_path / "table.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert len(csv_rows) == len(doc["rows"]) == 8 and tuple(csv_rows[0]) == COLUMNS
+    for c, j in zip(csv_rows, doc["rows"], strict=True):
+        assert c["method"] == j["method"] and int(c["sample"]) == j["sample"]
+        for k in ("rel_l2_mean", "crps", "coverage90", "error_rate_mean"):
+            assert (c[k] == "") if j[k] is None else float(c[k]) == j[k]
+    rel = [r["rel_l2_mean"] for r in doc["rows"] if r["method"] == "interp-solve"]
+    rel_u = rel[1::2]  # rows go a, u per sample
+    stats = doc["summary"]["interp-solve"]["u"]["rel_l2_mean"]
+    assert stats["mean"] == pytest.approx(np.mean(rel_u)) and stats["n"] == 2
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary files left behind
+
+
+def test_a_crash_keeps_the_samples_done_and_failures_are_rows(
+    checkpoint, test_set, tmp_path, monkeypatch
+):
+    calls = []
+    real = evaluate_module._evaluate_sample
+
+    def crash_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    def failing_fit(ctx, obs):
+        raise PdediffError("did not converge")
+
+    monkeypatch.setattr(evaluate_module, "_evaluate_sample", crash_on_second)
+    monkeypatch.setattr(evaluate_module, "_run_pde_fit", failing_fit)
+    out = tmp_path / "t.json"
+    with pytest.raises(RuntimeError):
+        evaluate(checkpoint, test_set, task="inverse", methods=["pde-fit"], out=out, **FAST)
+    doc = json.loads(out.read_text())
+    assert not doc["complete"] and doc["samples_done"] == 1 and len(doc["rows"]) == 2
+    assert doc["rows"][0]["error"] == "PdediffError: did not converge"
+    assert doc["rows"][0]["rel_l2_mean"] is None
+    assert doc["summary"]["pde-fit"]["u"]["failed"] == 1
+    assert len((tmp_path / "t.csv").read_text().splitlines()) == 3
+
+
+def test_cli_end_to_end(checkpoint, test_set, tmp_path, capsys):
+    data = write_fields(test_set, tmp_path / "test.nc")
+    out = tmp_path / "table.json"
+    argv = [
+        "evaluate", "--model", str(checkpoint), "--data", str(data), "--task", "inverse",
+        "--fraction", "0.2", "--members", "2", "--steps", "2", "--samples", "1",
+        "--methods", "diffusion,pde-fit", "--seed", "3", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "diffusion" in printed and "pde-fit" in printed and "rel L2 mean %" in printed
+    doc = json.loads(out.read_text())
+    assert doc["command"].startswith("pdediff evaluate --model")
+    assert doc["fraction"] == 0.2 and doc["seed"] == 3 and doc["data"] == str(data)
+    assert {r["n_obs"] for r in doc["rows"] if r["observed"]} == {13}  # round(0.2 * 64)
+    assert (tmp_path / "table.csv").exists()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and err.count("\n") == 1
+    assert main([*argv, "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"methods": "diffusion,magic"}, "unknown method 'magic'"),
+        ({"methods": "pde-fit"}, "method 'pde-fit' does not solve the forward task"),
+        ({"task": "inverse", "methods": "interp-solve"}, "'interp-solve' does not solve the"),
+        ({"data": "poisson"}, "holds 'poisson' data but the model was trained on 'darcy'"),
+        ({"data": "no-u"}, r"lacks variable\(s\) \['u'\]"),
+        ({"data": "other-f"}, r"PDE parameters .* differ .*'f': \(1.0, 2.0\)"),
+        ({"data": "no-pde", "methods": "interp-solve"}, "names no known PDE family"),
+        ({"samples": "5"}, "samples must be between 1 and 3"),
+        ({"out": "table.txt"}, "must be a .json file"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(
+    checkpoint, test_set, tmp_path, capsys, change, message
+):
+    no_pde = test_set.copy()
+    del no_pde.attrs["pde"]
+    datasets = {
+        "darcy": test_set,
+        "poisson": generate("poisson", 2, 8, seed=0, progress=False),
+        "no-u": test_set.drop_vars("u"),
+        "other-f": test_set.assign_attrs(param_f=2.0),
+        "no-pde": no_pde,
+    }
+    data = write_fields(datasets[change.get("data", "darcy")], tmp_path / "data.nc")
+    argv = [
+        "evaluate", "--model", str(checkpoint), "--data", str(data),
+        "--task", change.get("task", "forward"), "--methods", change.get("methods", "diffusion"),
+        "--points", "5", "--members", "2", "--steps", "2", "--quiet",
+        "--out", str(tmp_path / change.get("out", "table.json")),
+    ]  # fmt: skip
+    if "samples" in change:
+        argv += ["--samples", change["samples"]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pdediff evaluate: error: ") and err.count("\n") == 1
+    assert re.search(message, err), err
+    assert not list(tmp_path.glob("table.*"))
+
+
+def test_check_methods_knows_which_family_each_baseline_solves():
+    assert check_methods(["diffusion", "diffusion"], "joint", None) == ("diffusion",)
+    assert check_methods(["interp-solve"], "joint", FAMILIES["helmholtz"]) == ("interp-solve",)
+    with pytest.raises(PdediffError, match="needs a darcy, poisson, helmholtz test set.*burgers"):
+        check_methods(["interp-solve"], "forward", FAMILIES["burgers"])
+    with pytest.raises(PdediffError, match="unknown task"):
+        check_methods(["diffusion"], "backward", None)
+    with pytest.raises(PdediffError, match="no method"):
+        check_methods([], "forward", None)
+
+
+def test_cli_interrupt_keeps_the_samples_done(checkpoint, test_set, tmp_path, capsys, monkeypatch):
+    real = evaluate_module._evaluate_sample
+
+    def interrupt_second(result, ctx, ds, index, *args):
+        if index == 1:
+            raise KeyboardInterrupt
+        return real(result, ctx, ds, index, *args)
+
+    monkeypatch.setattr(evaluate_module, "_evaluate_sample", interrupt_second)
+    data = write_fields(test_set, tmp_path / "test.nc")
+    out = tmp_path / "t.json"
+    argv = [
+        "evaluate", "--model", str(checkpoint), "--data", str(data), "--task", "forward",
+        "--points", "10", "--methods", "interp-solve", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 130
+    assert f"the samples done are in {out}" in capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert doc["samples_done"] == 1 and not doc["complete"] and len(doc["rows"]) == 2
