@@ -2,7 +2,8 @@
 
 :func:`interpolate_then_solve` (forward: interpolate the sensed coefficient, then solve) and
 :func:`pde_constrained_fit` (inverse: regularised fit of the coefficient through the exact
-discrete solve, adjoint gradient, L-BFGS-B), for Darcy, Poisson and Helmholtz.
+discrete solve, adjoint gradient, L-BFGS-B), for Darcy, Poisson and Helmholtz; and the
+learned baseline :func:`train_fno_baseline` (an FNO from the sparse, masked field to the other).
 """
 
 from pdediff.baselines.classical import (
@@ -11,5 +12,13 @@ from pdediff.baselines.classical import (
     observations,
     pde_constrained_fit,
 )
+from pdediff.baselines.fno import FNOBaseline, train_fno_baseline
 
-__all__ = ["fit_objective", "interpolate_then_solve", "observations", "pde_constrained_fit"]
+__all__ = [
+    "FNOBaseline",
+    "fit_objective",
+    "interpolate_then_solve",
+    "observations",
+    "pde_constrained_fit",
+    "train_fno_baseline",
+]
