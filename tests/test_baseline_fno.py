@@ -25,14 +25,6 @@ RES = 16
 TINY = {"width": 8, "modes": 6, "n_layers": 2, "batch_size": 8, "lr": 3e-3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def darcy():
     return generate("darcy", 32, RES, seed=1000, progress=False)

@@ -33,16 +33,6 @@ F64 = torch.float64
 N_MC = 20000  # Monte Carlo batch: standard error of a mean is std / 141
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The tensors here are small: intra-op threads only add synchronisation, and on a
-    # loaded 2-core machine their spinning made this module 10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------
 # analytic priors
 

@@ -9,7 +9,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 import pdediff.solve.evaluate as evaluate_module
 from pdediff.baselines import interpolate_then_solve, pde_constrained_fit
@@ -31,33 +30,6 @@ from pdediff.train import read_checkpoint
 
 FAST = {"points": 10, "members": 2, "protocol": {"steps": 3}, "samples": 2, "progress": False}
 METHODS = {"forward": ("diffusion", "interp-solve"), "inverse": ("diffusion", "pde-fit")}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from pdediff.train import TrainConfig, train
-
-    cfg = TrainConfig.from_dict(
-        {
-            "model": {"backbone_kwargs": {"model_channels": 8, "channel_mult": [1, 2]}},
-            "optimizer": {"lr": 2e-3, "warmup_steps": 5},
-            "batch_size": 4,
-            "steps": 10,
-            "log_every": 5,
-            "checkpoint_every": 10,
-        }
-    )
-    out = tmp_path_factory.mktemp("ckpt") / "run"
-    train(generate("darcy", 12, 8, seed=0, progress=False), out, cfg, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,6 @@ from pdediff.solve import DIFFUSIONPDE, Protocol, sample_posterior, solve
 from pdediff.solve.posterior import guidance_terms, pde_residual_fn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def darcy():
     return generate("darcy", 12, 8, seed=0, progress=False)
@@ -140,25 +132,6 @@ def test_blow_up_is_reported_with_what_to_lower(darcy):
     with pytest.raises(FloatingPointError, match=r"blew up .*lower the guidance weight.*1000000"):
         proto = Protocol(steps=10, obs_weight={"a": 1e6})
         sample_posterior(fragile, spec, model, proto, members=2)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, darcy):
-    from pdediff.train import TrainConfig, train
-
-    cfg = TrainConfig.from_dict(
-        {
-            "model": {"backbone_kwargs": {"model_channels": 8, "channel_mult": [1, 2]}},
-            "optimizer": {"lr": 2e-3, "warmup_steps": 5},
-            "batch_size": 4,
-            "steps": 10,
-            "log_every": 5,
-            "checkpoint_every": 10,
-        }
-    )
-    out = tmp_path_factory.mktemp("ckpt") / "run"
-    train(darcy, out, cfg, progress=False)
-    return out
 
 
 @pytest.mark.parametrize(

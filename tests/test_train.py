@@ -57,15 +57,6 @@ warmup_steps = 5
 TENSOR_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets run fastest on one thread, and several threads on a busy machine spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(**changes) -> TrainConfig:
     return TrainConfig.from_dict({**TINY, **changes})
 

@@ -1,0 +1,37 @@
+"""Fixtures shared by the test modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The tensors in the tests are small: intra-op threads only add synchronisation, and on
+    a loaded 2-core machine their spinning made some modules 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A tiny Darcy (a, u) model at 8x8 after 10 training steps (12 samples, seed 0)."""
+    from pdediff.generate import generate
+    from pdediff.train import TrainConfig, train
+
+    cfg = TrainConfig.from_dict(
+        {
+            "model": {"backbone_kwargs": {"model_channels": 8, "channel_mult": [1, 2]}},
+            "optimizer": {"lr": 2e-3, "warmup_steps": 5},
+            "batch_size": 4,
+            "steps": 10,
+            "log_every": 5,
+            "checkpoint_every": 10,
+        }
+    )
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    train(generate("darcy", 12, 8, seed=0, progress=False), out, cfg, progress=False)
+    return out
