@@ -47,6 +47,18 @@ def gaussian_field(
     return grf_neumann(rng, grid.shape, alpha, tau, lengths=grid.lengths)
 
 
+def solve_screened_poisson(a: Array, hy: float, hx: float, k2: float = 0.0) -> Array:
+    """``u`` with ``lap u + k2 u = a`` inside (five-point Laplacian), ``u = 0`` on the boundary.
+
+    The matrix is ``-lap`` shifted by ``-k2`` (indefinite once ``k2`` exceeds the smallest
+    eigenvalue of ``-lap``, which the sparse LU handles), hence the right-hand side ``-a``.
+    """
+    matrix = neg_div_c_grad_matrix(np.ones(a.shape), hy, hx)
+    if k2:
+        matrix.setdiag(matrix.diagonal() - k2)
+    return solve_interior(matrix, -a)
+
+
 def spacing(grid: Grid, min_points: int) -> tuple[float, float]:
     """``(hy, hx)`` of a non-periodic ``("y", "x")`` node grid with enough points.
 

@@ -82,11 +82,7 @@ def solve(inputs: Mapping[str, Array], grid: Grid, params: Params) -> dict[str, 
     hy, hx = _dirichlet.spacing(grid, MIN_RESOLUTION)
     a = _checks.check_array(inputs, "a", grid.shape)
     _check_not_resonant(k, grid, hy, hx)
-    matrix = _dirichlet.neg_div_c_grad_matrix(np.ones(grid.shape), hy, hx)
-    # -(lap + k^2) u = -a: the matrix is -lap, shifted by -k^2 (indefinite once k^2 exceeds
-    # the smallest eigenvalue, which a sparse LU handles).
-    matrix.setdiag(matrix.diagonal() - k**2)
-    return {"a": a, "u": _dirichlet.solve_interior(matrix, -a)}
+    return {"a": a, "u": _dirichlet.solve_screened_poisson(a, hy, hx, k**2)}
 
 
 def terms(

@@ -63,9 +63,7 @@ def solve(inputs: Mapping[str, Array], grid: Grid, params: Params) -> dict[str, 
     FAMILY.params(params)
     hy, hx = _dirichlet.spacing(grid, MIN_RESOLUTION)
     a = _checks.check_array(inputs, "a", grid.shape)
-    # The matrix is -lap (c = 1), hence the sign of the right-hand side.
-    matrix = _dirichlet.neg_div_c_grad_matrix(np.ones(grid.shape), hy, hx)
-    return {"a": a, "u": _dirichlet.solve_interior(matrix, -a)}
+    return {"a": a, "u": _dirichlet.solve_screened_poisson(a, hy, hx)}
 
 
 def terms(
