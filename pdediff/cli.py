@@ -236,7 +236,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from pdediff import __version__
 
-    p = argparse.ArgumentParser(prog="pdediff", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="pdediff",
+        description="Forward and inverse PDE problems, with uncertainty, by sampling guided "
+        "diffusion models over gridded xarray data.",
+    )
     p.add_argument("--version", action="version", version=f"pdediff {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
