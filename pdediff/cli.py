@@ -95,6 +95,7 @@ def cmd_import(args: argparse.Namespace) -> None:
         dims=dims,
         pde=args.pde,
         length=args.length,
+        periodic=args.periodic,
     )
     ds = open_fields(path)
     print(
@@ -283,6 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--pde", help="PDE family of the data (written to attrs)")
     m.add_argument(
         "--length", type=float, default=1.0, help="domain length when the file has no coordinates"
+    )
+    grid_kind = m.add_mutually_exclusive_group()
+    grid_kind.add_argument(
+        "--periodic",
+        dest="periodic",
+        action="store_const",
+        const=True,
+        help="the spatial dims are periodic (default: from the format)",
+    )
+    grid_kind.add_argument(
+        "--bounded",
+        dest="periodic",
+        action="store_const",
+        const=False,
+        help="the spatial dims are a box with boundary nodes",
     )
     m.add_argument("--overwrite", action="store_true")
     m.set_defaults(func=cmd_import)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -35,3 +37,12 @@ def checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / "run"
     train(generate("darcy", 12, 8, seed=0, progress=False), out, cfg, progress=False)
     return out
+
+
+def neuraloperator_samples() -> Path:
+    """The two real neuraloperator files of shared/ (beside the repository, as CI lays it)."""
+    for root in (Path(__file__).resolve().parents[2], Path("/work")):
+        folder = root / "shared" / "data" / "neuraloperator"
+        if folder.exists():
+            return folder
+    raise FileNotFoundError("shared/data/neuraloperator not found beside the repository")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import neuraloperator_samples
 
 from pdediff.cli import main
 from pdediff.errors import PdediffError
@@ -196,3 +197,15 @@ def test_inspect_refuses_fields_on_other_dims():
     ds["u"] = ds["u"].expand_dims(t=[0.0, 1.0], axis=1)
     with pytest.raises(DataError, match=r"field 'u' has dims .*'t'.* needs"):
         pde_residuals(ds)
+
+
+def test_cli_import_periodic_flag(tmp_path):
+    src = neuraloperator_samples() / "darcy_test_16.pt"
+    assert (
+        main(["import", "neuraloperator", str(src), "--periodic", "-o", str(tmp_path / "p.nc")])
+        == 0
+    )
+    assert main(["import", "neuraloperator", str(src), "-o", str(tmp_path / "b.nc")]) == 0
+    periodic, bounded = open_fields(tmp_path / "p.nc"), open_fields(tmp_path / "b.nc")
+    assert periodic["x"].attrs.get("periodic") == 1 and "periodic" not in bounded["x"].attrs
+    assert periodic["x"].values[-1] < bounded["x"].values[-1] == 1.0

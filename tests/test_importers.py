@@ -12,6 +12,7 @@ import pytest
 import scipy.io
 import torch
 import xarray as xr
+from conftest import neuraloperator_samples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -21,7 +22,7 @@ from pdediff.io.conventions import grid_from_dataset
 from pdediff.io.importers import IMPORTERS, import_dataset, import_file
 from pdediff.io.store import open_fields
 
-NEURALOP = Path("/work/shared/data/neuraloperator")
+NEURALOP = neuraloperator_samples()
 RNG = np.random.default_rng(0)
 
 
