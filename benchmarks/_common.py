@@ -39,7 +39,9 @@ def utc_now() -> str:
 
 
 def save(result: dict, out: str | os.PathLike | None) -> None:
-    """Write ``result`` as JSON to ``out`` (if given), creating its folder."""
+    """Write ``result`` as JSON to ``out`` (if given), creating its folder, stamped with the
+    command, the machine and the date."""
+    result = {"command": command_line(), **result, "machine": machine(), "date": utc_now()}
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=1) + "\n")

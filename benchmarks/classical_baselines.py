@@ -32,7 +32,7 @@ from pdediff.generate import generate, sample_rng
 from pdediff.pde.registry import get_family
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import command_line, machine, save, utc_now  # noqa: E402
+from _common import save  # noqa: E402
 
 VAL_OFFSET = 1000
 # ANCHORS.md, "Classical baselines on the anchor Darcy setting" (8 cases each).
@@ -228,14 +228,11 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
     result = {
-        "command": command_line(),
         "note": "classical baselines on the anchor Darcy setting (pdediff darcy defaults); "
         "test data generate(family, n, R, seed), validation seed + 1000; sensors: M distinct "
         "random grid points per sample (boundary included); errors in %; lam/eps chosen on "
         "validation samples; single process, one core",
         "seed": args.seed,
-        "machine": machine(),
-        "date": utc_now(),
         "rows": rows,
     }
     save(result, args.out)

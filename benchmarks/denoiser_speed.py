@@ -28,7 +28,7 @@ from pdediff.core.precond import EDMPrecond
 from pdediff.nets import build_backbone
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import command_line, machine, save, utc_now  # noqa: E402
+from _common import save  # noqa: E402
 
 MODELS = {
     "unet-small": (
@@ -119,15 +119,13 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(measure("unet-diffusionpde", *DIFFUSIONPDE, 128, 1, args))
         print_row(rows[-1])
     result = {
-        "command": command_line(),
         "note": "ms per EDMPrecond(backbone) evaluation, float32, CPU; forward under no_grad; "
         "forward+backward = gradients of mean(D(x)^2) to every weight; min and median of "
         "runs after a warm-up (the table shows min: other processes share this CPU)",
-        "seed": args.seed, "threads": torch.get_num_threads(), "machine": machine(),
+        "seed": args.seed, "threads": torch.get_num_threads(),
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
-        "seconds": round(time.perf_counter() - t_start, 1),
-        "date": utc_now(), "rows": rows,
+        "seconds": round(time.perf_counter() - t_start, 1), "rows": rows,
     }  # fmt: skip
     save(result, args.out)
 

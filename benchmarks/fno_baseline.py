@@ -30,7 +30,7 @@ from pdediff.generate import generate, sample_rng
 from pdediff.metrics import relative_l2, threshold_error_rate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import command_line, machine, save, utc_now  # noqa: E402
+from _common import save  # noqa: E402
 
 # ANCHORS.md, "Relative L2 error (%) at 500 observations, 128x128", row FNO, Darcy column:
 # forward relative L2 of u / inverse error rate of thresholded a.
@@ -222,7 +222,6 @@ def main(argv: list[str] | None = None) -> None:
     print_table(rows, classical_rows())
     print(comparison(args, rows))
     result = {
-        "command": command_line(),
         "note": "FNO baseline (neuraloperator FNO) on Darcy; train generate('darcy', n_train, R, "
         "seed=train_seed), test seed=seed, test sensors sample_rng(seed + 1, i); errors in %; "
         "'training_mean' scores the per-node training mean of the target; CPU, "
@@ -230,8 +229,6 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "progress")},
         "anchor_fno_128_500": ANCHOR,
         "total_seconds": round(time.perf_counter() - t_start, 1),
-        "machine": machine(),
-        "date": utc_now(),
         "rows": rows,
     }
     save(result, args.out)

@@ -15,7 +15,7 @@ from pathlib import Path
 from pdediff.generate import generate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import command_line, machine, save, utc_now  # noqa: E402
+from _common import save  # noqa: E402
 
 
 def time_generate(family: str, n: int, resolution: int, workers: int, seed: int) -> dict:
@@ -68,12 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     for w, sec in startup.items():
         print(f"LocalCluster start + stop with {w} workers: {sec:.2f} s")
     result = {
-        "command": command_line(),
         "note": "wall time of pdediff.generate, including Dask LocalCluster start-up when "
         "workers > 1; one process per worker, one thread each",
         "seed": args.seed,
-        "machine": machine(),
-        "date": utc_now(),
         "rows": rows,
         "cluster_startup_s": startup,
     }

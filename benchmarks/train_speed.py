@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import command_line, machine, save, utc_now  # noqa: E402
+from _common import save  # noqa: E402
 
 from pdediff.generate import generate  # noqa: E402
 from pdediff.train import TrainConfig, train  # noqa: E402
@@ -86,14 +86,11 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)  # fmt: skip
     device = str(resolve_device(args.device))
     result = {
-        "command": command_line(),
         "note": "pdediff.train on Darcy fields (a, u), EDM loss, AdamW + EMA, default small "
                 "backbones; samples/s over the timed steps after warm-up",
         "seed": args.seed, "device": device, "torch_threads": torch.get_num_threads(),
         "load_average_before": [round(v, 2) for v in load_before],
-        "load_average_after": [round(v, 2) for v in os.getloadavg()],
-        "machine": machine(),
-        "date": utc_now(), "rows": rows,
+        "load_average_after": [round(v, 2) for v in os.getloadavg()], "rows": rows,
     }  # fmt: skip
     save(result, args.out)
 
