@@ -17,23 +17,8 @@ A learned solver has to beat what a numerical analyst would do with the same spa
 The published figures of these baselines on the DiffusionPDE Darcy setting are in
 ``ANCHORS.md`` ("Classical baselines"); ``benchmarks/classical_baselines.py`` reproduces them.
 
-Adjoint gradient
-----------------
-All three families are ``A(a) u_I = b(a)`` on the interior nodes ``I`` (``u = 0`` on the
-boundary): Darcy ``A(a) = -div(a grad .)``, ``b = f``; Poisson ``A = -lap``, ``b = -a_I``;
-Helmholtz ``A = -lap - k^2``, ``b = -a_I``.  With ``r = dJ/du = P^T (P u - y) / M``,
-differentiating the state equation, ``A du = db - dA u``, gives
-
-    dJ = r^T du = p^T (db - dA u),        where   A^T p = r          (the adjoint solve).
-
-Darcy: ``db = 0`` and ``p^T A(a) u = sum_faces c_face (u_+ - u_-)(p_+ - p_-) / h^2`` (sum by
-parts with ``p = 0`` on the boundary, ``+``/``-`` the two nodes of a face), and the
-arithmetic-mean face coefficient ``c_face = (a_+ + a_-) / 2`` is linear in ``a``, so
-
-    dJ/da_k = -1/2 sum_{faces touching k} (u_+ - u_-)(p_+ - p_-) / h^2,
-
-the discrete ``-grad u . grad p``.  Poisson / Helmholtz: ``dA = 0`` and ``db = -da_I``, so
-``dJ/da_I = -p`` and zero on the boundary nodes (which do not enter ``u``).
+The adjoint gradient of ``u(a)`` is :mod:`pdediff.pde.adjoint` (its docstring has the
+equations); the fit adds the regulariser's gradient.
 """
 
 from __future__ import annotations
@@ -50,7 +35,8 @@ from scipy.interpolate import griddata
 from scipy.spatial import QhullError, cKDTree
 
 from pdediff.errors import PdediffError
-from pdediff.pde import _dirichlet, helmholtz
+from pdediff.pde import _dirichlet
+from pdediff.pde.adjoint import adjoint_gradient, linear_system, state
 from pdediff.pde.base import Array, Grid, PDEFamily
 from pdediff.pde.registry import get_family
 
@@ -209,25 +195,6 @@ def snap_to_levels(a: Array, low: float, high: float) -> Array:
     return np.where(a >= 0.5 * (low + high), high, low)
 
 
-def _interior_operator(fam: PDEFamily, a: Array, grid: Grid, p: Mapping[str, float]):
-    """``(A, b)`` of the discrete problem ``A u_I = b_I`` on the interior nodes.
-
-    ``A`` is the sparse matrix of the reference solver, ``b`` a full-grid array whose
-    interior is the right-hand side (see the module docstring for each family).
-    """
-    hy, hx = _dirichlet.spacing(grid, fam.min_resolution)
-    if fam.name == "darcy":
-        if np.any(a <= 0.0):
-            raise PdediffError(f"permeability must be positive, min is {a.min():.6g}")
-        matrix = _dirichlet.neg_div_c_grad_matrix(a, hy, hx)
-        return matrix, np.full(grid.shape, p["f"])
-    matrix = _dirichlet.neg_div_c_grad_matrix(np.ones(grid.shape), hy, hx)
-    if fam.name == "helmholtz":
-        helmholtz._check_not_resonant(p["k"], grid, hy, hx)
-        matrix = matrix - p["k"] ** 2 * scipy.sparse.eye_array(matrix.shape[0], format="csc")
-    return matrix, -a
-
-
 def _solve_pinned(
     fam: PDEFamily, a: Array, grid: Grid, p: Mapping[str, float], u_idx: Array, u_vals: Array
 ) -> Array:
@@ -237,7 +204,7 @@ def _solve_pinned(
     the solution matches the sensors and satisfies the PDE everywhere else.  Sensors on the
     boundary are ignored: there ``u = 0`` by the boundary condition.
     """
-    matrix, rhs = _interior_operator(fam, a, grid, p)
+    matrix, rhs = linear_system(fam, a, grid, p)
     ny, nx = grid.shape
     iy, ix = np.unravel_index(u_idx, grid.shape)
     inside = (iy > 0) & (iy < ny - 1) & (ix > 0) & (ix < nx - 1)
@@ -310,40 +277,6 @@ def interpolate_then_solve(
 # ------------------------------------------------------------------ inverse: the objective
 
 
-def _state(fam: PDEFamily, a: Array, grid: Grid, p: Mapping[str, float]):
-    """``u(a)`` on the full grid and the LU factors of ``A`` (reused by the adjoint solve)."""
-    matrix, rhs = _interior_operator(fam, a, grid, p)
-    try:
-        lu = scipy.sparse.linalg.splu(matrix.tocsc())
-    except RuntimeError as err:  # a singular matrix
-        raise PdediffError(f"the discrete operator is singular: {err}") from err
-    u = np.zeros(grid.shape)
-    u[1:-1, 1:-1] = lu.solve(rhs[1:-1, 1:-1].ravel()).reshape(u[1:-1, 1:-1].shape)
-    return u, lu
-
-
-def _adjoint_gradient(fam: PDEFamily, u: Array, lu: Any, r: Array, hy: float, hx: float) -> Array:
-    """``(du/da)^T r`` by the adjoint method (equations in the module docstring).
-
-    ``r`` is ``dJ/du`` on the full grid; only its interior enters (``u`` is fixed on the
-    boundary).
-    """
-    p = np.zeros_like(u)
-    p[1:-1, 1:-1] = lu.solve(r[1:-1, 1:-1].ravel(), trans="T").reshape(p[1:-1, 1:-1].shape)
-    if fam.name != "darcy":
-        return -p  # db/da = -I on the interior, zero on the boundary (p = 0 there)
-    # Each face contributes (du dp / h^2) / 2 to both of its nodes: the derivative of the
-    # arithmetic-mean face coefficient (a_+ + a_-) / 2.
-    face_y = 0.5 * np.diff(u, axis=0) * np.diff(p, axis=0) / hy**2
-    face_x = 0.5 * np.diff(u, axis=1) * np.diff(p, axis=1) / hx**2
-    g = np.zeros_like(u)
-    g[:-1, :] += face_y
-    g[1:, :] += face_y
-    g[:, :-1] += face_x
-    g[:, 1:] += face_x
-    return -g
-
-
 def _gradient(a: Array, hy: float, hx: float) -> tuple[Array, Array]:
     """Forward differences ``(d_y a, d_x a)`` on the grid, zero past the last node."""
     gy = np.zeros_like(a)
@@ -396,11 +329,11 @@ def _misfit(
     fam: PDEFamily, a: Array, grid: Grid, p: Mapping[str, float], idx: Array, y: Array
 ) -> tuple[float, Array, Array]:
     """``1/(2M) ||P u(a) - y||^2``, its adjoint gradient in ``a``, and ``u(a)``."""
-    u, lu = _state(fam, a, grid, p)
+    u, lu = state(fam, a, grid, p)
     diff = u.ravel()[idx] - y
     r = np.zeros(u.size)
     r[idx] = diff / idx.size
-    g = _adjoint_gradient(fam, u, lu, r.reshape(u.shape), grid.spacing("y"), grid.spacing("x"))
+    g = adjoint_gradient(fam, u, lu, r.reshape(u.shape), grid.spacing("y"), grid.spacing("x"))
     return 0.5 * float(diff @ diff) / idx.size, g, u
 
 
@@ -467,7 +400,7 @@ def _best_constant(
 ) -> Array:
     """The constant ``a = c`` that fits the data best (a closed form: ``u`` is ``u(1) / c``
     for Darcy and ``c u(1)`` for Poisson / Helmholtz), clipped to the bounds."""
-    u1 = _state(fam, np.ones(grid.shape), grid, p)[0].ravel()[idx]
+    u1 = state(fam, np.ones(grid.shape), grid, p)[0].ravel()[idx]
     cross, norm2 = float(u1 @ y), float(u1 @ u1)
     if fam.name == "darcy":
         c = norm2 / cross if cross > 0.0 else 0.5 * (p["a_low"] + p["a_high"])
