@@ -1,4 +1,5 @@
-"""The ``pdediff`` command line: generate, inspect, import, plot, train, solve, evaluate, demo.
+"""The ``pdediff`` command line: generate, inspect, import, plot, train, export, solve,
+evaluate, demo.
 
 Every user-facing error (bad value, missing file or key, existing output) is printed as one
 line naming what is wrong, with exit status 2 and no partial output.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -137,6 +139,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             overwrite=args.overwrite,
             device=args.device,
             progress=not args.quiet,
+            command="pdediff " + shlex.join(args.argv),
         )
     except KeyboardInterrupt:
         print(
@@ -150,6 +153,22 @@ def cmd_train(args: argparse.Namespace) -> None:
             f"trained {args.out} to step {result.step}: loss {result.loss:.4g} "
             f"({result.seconds:.1f} s)"
         )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from pdediff.train.export import export_model
+
+    out = export_model(
+        args.checkpoint,
+        args.out,
+        name=args.name,
+        command=args.command_line,
+        data_recipe=args.data_recipe,
+        metrics=args.metrics,
+        overwrite=args.overwrite,
+    )
+    size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+    print(f"wrote {out}: model {args.name!r} ({size:.1f} MB) with MODEL_CARD.md and card.json")
 
 
 def cmd_solve(args: argparse.Namespace) -> None:
@@ -323,6 +342,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+
+    x = sub.add_parser("export", help="slim model for sampling (EMA weights) with a model card")
+    x.add_argument("checkpoint", help="checkpoint directory (pdediff train)")
+    x.add_argument("out", help="model directory to write")
+    x.add_argument("--name", required=True, help="model name, e.g. darcy64")
+    x.add_argument(
+        "--command",
+        dest="command_line",
+        metavar="COMMAND",
+        help="the training command, when the checkpoint did not record it",
+    )
+    x.add_argument("--data-recipe", help="how the training data were made (a command)")
+    x.add_argument("--metrics", help="evaluation table (pdediff evaluate --out TABLE.json)")
+    x.add_argument("--overwrite", action="store_true", help="replace an exported model")
+    x.set_defaults(func=cmd_export)
 
     s = sub.add_parser("solve", help="posterior ensemble of a trained model given observations")
     s.add_argument("--model", required=True, help="checkpoint directory (pdediff train)")

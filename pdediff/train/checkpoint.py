@@ -7,8 +7,15 @@ Layout of a checkpoint directory::
     model.safetensors     the denoiser's weights (preconditioner + backbone)
     ema.safetensors       the EMA of the weights and its counters
     optimizer.safetensors AdamW's moments; hyperparameters as JSON in the metadata
-    state.json            step, elapsed time, world size, ranks' weight digests
+    state.json            step, elapsed time, world size, ranks' weight digests, command,
+                          machine
     log.jsonl             one JSON line per logged step (carried from one save to the next)
+
+An *exported model* (:func:`pdediff.train.export.export_model`) is the same directory for
+sampling only: it lacks ``model.safetensors`` and ``optimizer.safetensors``, its
+``state.json`` holds an ``"exported"`` entry, and it adds ``MODEL_CARD.md`` and
+``card.json``.  :func:`read_checkpoint` opens both kinds; only the EMA weights of an
+exported model can be loaded, and it cannot be resumed.
 
 Nothing is pickled: tensors go to safetensors, everything else to JSON.  A nested state
 (an optimizer's or EMA's ``state_dict``) is split by :func:`pack_state` into named tensors
@@ -43,6 +50,7 @@ from pdediff.train.config import TrainConfig, build_denoiser
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "EXPORTED_KEY",
     "FORMAT",
     "load_checkpoint",
     "load_denoiser",
@@ -57,6 +65,10 @@ __all__ = [
 
 FORMAT = "pdediff-checkpoint"
 VERSION = 1
+#: Files of every checkpoint, exported models included.
+REQUIRED = ("config.json", "fieldspec.json", "ema.safetensors", "state.json")
+#: Files that only a training checkpoint has: the raw weights and the optimizer state.
+TRAINING_FILES = ("model.safetensors", "optimizer.safetensors")
 FILES = (
     "config.json",
     "fieldspec.json",
@@ -65,6 +77,8 @@ FILES = (
     "optimizer.safetensors",
     "state.json",
 )
+#: Key of ``state.json`` that marks an exported model (and says where it came from).
+EXPORTED_KEY = "exported"
 #: Files of the old directory copied into each new save.
 CARRIED = ("log.jsonl",)
 _SKELETON_KEY = "pdediff_state"
@@ -342,6 +356,23 @@ class Checkpoint:
     def step(self) -> int:
         return int(self.state["step"])
 
+    @property
+    def exported(self) -> bool:
+        """Whether this is an exported model (EMA weights only, no optimizer state)."""
+        return isinstance(self.state.get(EXPORTED_KEY), dict)
+
+    def require_training(self, action: str = "resume training from", advice: str = "") -> None:
+        """Raise :class:`CheckpointError` if this is an exported model, which has neither
+        the raw weights nor the optimizer state: it cannot ``action`` (the error's verb)."""
+        if not self.exported:
+            return
+        source = self.state[EXPORTED_KEY].get("from")
+        origin = "the training checkpoint it was exported from" + (f" ({source})" if source else "")
+        raise CheckpointError(
+            f"cannot {action} {self.path}: it is an exported model (pdediff export) holding "
+            f"the EMA weights only, not a training checkpoint; {advice}use {origin}"
+        )
+
     def tensors(self, name: str, device: str | torch.device = "cpu") -> Any:
         """The nested state stored in ``name`` (e.g. ``"optimizer.safetensors"``)."""
         file = self.path / name
@@ -364,6 +395,10 @@ class Checkpoint:
 
     def load_model(self, model: nn.Module, ema: bool = False) -> None:
         """Load the raw (or EMA) weights into ``model`` (built by :meth:`build`)."""
+        if not ema:
+            self.require_training(
+                "load the raw (non-EMA) weights of", "load its EMA weights (ema=True) or "
+            )
         file = self.path / ("ema.safetensors" if ema else "model.safetensors")
         weights = self.tensors(file.name)
         if ema:  # EMA.state_dict() keeps the averaged weights under "module"
@@ -388,19 +423,30 @@ class Checkpoint:
         return model.eval().requires_grad_(False)
 
 
+def _check_files(path: Path, state: dict[str, Any]) -> None:
+    """Every file of a training checkpoint, or of an exported model, must be there."""
+    exported = isinstance(state.get(EXPORTED_KEY), dict)
+    missing = [f for f in (REQUIRED if exported else FILES) if not (path / f).is_file()]
+    if missing:
+        kind = "exported pdediff model" if exported else "pdediff checkpoint"
+        raise CheckpointError(f"{path} is not a complete {kind}: missing {', '.join(missing)}")
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Open a checkpoint directory, checking that every file is there and the JSON parts
-    parse; weights are read later (:meth:`Checkpoint.denoiser`)."""
+    parse; weights are read later (:meth:`Checkpoint.denoiser`).
+
+    Opens training checkpoints (``pdediff train``) and exported models (``pdediff
+    export``: EMA weights only, see :attr:`Checkpoint.exported`).
+    """
     path = Path(path)
     if not path.is_dir():
         backup = _backup(path)
         hint = f" (a backup of an interrupted save is at {backup})" if backup.is_dir() else ""
         raise FileNotFoundError(f"checkpoint directory {path} does not exist{hint}")
-    missing = [f for f in FILES if not (path / f).is_file()]
-    if missing:
-        raise CheckpointError(
-            f"{path} is not a complete pdediff checkpoint: missing {', '.join(missing)}"
-        )
+    state_file = path / "state.json"
+    state = _read_json(state_file) if state_file.is_file() else {}
+    _check_files(path, state if isinstance(state, dict) else {})
     cfg_file = path / "config.json"
     meta = _read_json(cfg_file)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -419,7 +465,6 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         spec = FieldSpec.from_dict(_read_json(spec_file))
     except (PdediffError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{spec_file}: {e}") from None
-    state = _read_json(path / "state.json")
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise CheckpointError(f"{path / 'state.json'} lacks an integer 'step'")
     if not math.isfinite(float(state["step"])) or state["step"] < 0:
@@ -435,9 +480,11 @@ def load_checkpoint(
     Parameters
     ----------
     path
-        Checkpoint directory written by ``pdediff train``.
+        Checkpoint directory written by ``pdediff train``, or an exported model
+        (``pdediff export``).
     ema
-        Use the EMA weights (default) rather than the raw ones.
+        Use the EMA weights (default) rather than the raw ones (which an exported model
+        does not have).
     device
         Where to put the denoiser.
 
@@ -452,7 +499,8 @@ def load_checkpoint(
     ------
     CheckpointError
         Naming the file at fault: missing, truncated JSON, unreadable safetensors, or
-        weights that do not fit the architecture in ``config.json``.
+        weights that do not fit the architecture in ``config.json``; or ``ema=False`` for
+        an exported model.
     """
     ckpt = read_checkpoint(path)
     return ckpt.denoiser(ema, device), ckpt.fieldspec, ckpt.config

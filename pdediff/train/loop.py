@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import os
+import platform
 import sys
 import time
 from collections.abc import Iterator
@@ -219,6 +220,7 @@ class _Run:
     data_info: dict[str, Any]
     start: int
     elapsed: float
+    provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def _architecture(config: TrainConfig, channels: int) -> Architecture:
@@ -257,6 +259,8 @@ def _plan(
 ) -> tuple[Checkpoint | None, TrainConfig, FieldSpec, Architecture, torch.Tensor, str]:
     """The checkpoint to resume (or None), the config, the data's spec and tensor."""
     ckpt = read_checkpoint(out) if _check_output(out, resume, overwrite) else None
+    if ckpt is not None:
+        ckpt.require_training()
     ds, name = _load_data(data)
     if ckpt is not None:
         config = _resume_config(ckpt, config)
@@ -269,6 +273,30 @@ def _plan(
     return ckpt, config, spec, arch, spec.to_tensor(ds), name
 
 
+def _machine(d: Dist) -> dict[str, Any]:
+    """Where this session trains: platform, CPU count, torch device (and the GPU's name)."""
+    machine = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "device": str(d.device),
+        "world_size": d.world_size,
+    }
+    if d.device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(d.device)
+    return machine
+
+
+def _provenance(ckpt: Checkpoint | None, command: str | None, d: Dist) -> dict[str, Any]:
+    """``command``: the one that started the checkpoint (kept when resuming; None if not
+    recorded); ``commands``: every recorded command, in order; ``machine``: this session's."""
+    old = ckpt.state if ckpt is not None else {}
+    commands = list(old.get("commands") or ([old["command"]] if old.get("command") else []))
+    if command:
+        commands.append(command)
+    first = old.get("command") if ckpt is not None else command
+    return {"command": first, "commands": commands, "machine": _machine(d)}
+
+
 def _setup(
     data: str | os.PathLike | xr.Dataset,
     out: Path,
@@ -276,6 +304,7 @@ def _setup(
     resume: bool,
     overwrite: bool,
     d: Dist,
+    command: str | None = None,
 ) -> tuple[_Run, bool]:
     """Read the data (and checkpoint), build model, EMA, optimizer and loss."""
     from pdediff.core.ema import EMA
@@ -303,7 +332,8 @@ def _setup(
         _warn(d, f"the data differ from those {out} was trained on; resuming anyway")
     if d.device.type == "cuda" and x.numel() * x.element_size() <= _DEVICE_DATA_BYTES:
         x = x.to(d.device)
-    run = _Run(config, spec, arch, model, ema, opt, loss_fn, x, info, start, elapsed)
+    origin = _provenance(ckpt, command, d)
+    run = _Run(config, spec, arch, model, ema, opt, loss_fn, x, info, start, elapsed, origin)
     return run, ckpt is not None
 
 
@@ -447,6 +477,7 @@ def _checkpoint(
             "world_size": d.world_size,
             "rank_digests": digests,
             "data": run.data_info,
+            **run.provenance,
             "pdediff": __version__,
             "torch": torch.__version__,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -508,6 +539,7 @@ def train(
     overwrite: bool = False,
     device: str | torch.device = "auto",
     progress: bool = True,
+    command: str | None = None,
 ) -> TrainResult:
     """Train a denoiser on the fields of ``data`` and checkpoint it to ``out``.
 
@@ -533,6 +565,10 @@ def train(
         ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
     progress
         Show a progress bar (rank 0 only).
+    command
+        The command line that runs this training (``pdediff train`` passes its own), kept
+        in ``state.json`` with the machine: ``command`` is the one that started the
+        checkpoint, ``commands`` every recorded one in order (resumed runs append).
 
     Returns
     -------
@@ -545,7 +581,7 @@ def train(
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     d = init_distributed(device)
     try:
-        result = _train(data, out, config, resume, overwrite, d, progress)
+        result = _train(data, out, config, resume, overwrite, d, progress, command)
     except BaseException:
         d.close(clean=False)
         raise
@@ -553,7 +589,9 @@ def train(
     return result
 
 
-def _train(data, out: Path, config, resume: bool, overwrite: bool, d: Dist, progress: bool):
+def _train(
+    data, out: Path, config, resume: bool, overwrite: bool, d: Dist, progress: bool, command
+):
     if d.is_main:
         out.parent.mkdir(parents=True, exist_ok=True)
         if recover(out):
@@ -564,7 +602,7 @@ def _train(data, out: Path, config, resume: bool, overwrite: bool, d: Dist, prog
     with torch.random.fork_rng(devices=devices):
         error: Exception | None = None
         try:
-            run, resumed = _setup(data, out, config, resume, overwrite, d)
+            run, resumed = _setup(data, out, config, resume, overwrite, d, command)
         except (PdediffError, FileExistsError, FileNotFoundError) as e:
             error = e
         if not agree(d, error is None):
