@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--obs", required=True, help="observations (.nc, .zarr or .csv)")
     s.add_argument("--task", default="joint", choices=["forward", "inverse", "joint"])
     s.add_argument("--members", type=int, default=8, help="ensemble size")
-    s.add_argument("--preset", default="pdediff", choices=["pdediff", "diffusionpde"])
+    s.add_argument("--preset", default="pdediff", choices=["pdediff", "joint", "diffusionpde"])
     s.add_argument("--steps", type=int, help="sampler steps (overrides the preset)")
     s.add_argument("--sampler", help="euler, heun, euler_maruyama, pc, dpmpp_2m")
     s.add_argument(
@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--layout", default="points", choices=["points", "columns"])
     ev.add_argument("--noise-std", type=float, default=0.0, help="observation noise (physical)")
     ev.add_argument("--members", type=int, default=8, help="ensemble size")
-    ev.add_argument("--preset", default="pdediff", choices=["pdediff", "diffusionpde"])
+    ev.add_argument("--preset", default="pdediff", choices=["pdediff", "joint", "diffusionpde"])
     ev.add_argument("--steps", type=int, help="sampler steps (overrides the preset)")
     ev.add_argument(
         "--obs-weight",

@@ -189,3 +189,50 @@ def test_solve_cli_end_to_end_and_bad_input(checkpoint, darcy, tmp_path, capsys)
     assert "coefficient fields ['a']" in capsys.readouterr().err
     assert not (tmp_path / "x.nc").exists()
     write_fields(darcy.isel(sample=[0]), tmp_path / "truth.nc")
+
+
+@pytest.mark.parametrize("name", ["poisson", "darcy"])
+def test_solver_mode_returns_exact_solutions_and_fits_the_u_sensors(name):
+    ds = generate(name, 4, 9, seed=3, progress=False)
+    spec = FieldSpec.from_dataset(ds, ["a", "u"])
+    obs, _ = observations_from_truth(ds.isel(sample=[0]), ["u"], count=12, seed=0)
+    model = build_operator(obs, spec)
+    fam = FAMILIES[name]
+    misfit = {}
+    for w in (0.0, 1.0):
+        proto = Protocol(steps=30, default_obs_weight=w, solver=True)
+        x = sample_posterior(
+            standard_normal_denoiser, spec, model, proto, members=6, family=fam, seed=1
+        )
+        phys = spec.denormalise(x.double())
+        for a, u in zip(phys[:, 0].numpy(), phys[:, 1].numpy(), strict=True):
+            ref = fam.solve({"a": a}, spec.grid(), {})["u"]
+            np.testing.assert_allclose(u, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+            if name == "darcy":  # clipped to the prior's two levels' range
+                assert a.min() >= 3.0 - 1e-5 and a.max() <= 12.0 + 1e-5
+        misfit[w] = float((model.operator(x.double()) - model.y).norm(dim=1).mean())
+    # u is never sampled, yet guidance through the solver pulls it onto the sensors
+    assert misfit[1.0] < 0.7 * misfit[0.0]
+
+
+def test_model_guidance_file_and_presets(checkpoint, darcy, tmp_path):
+    import json
+    import shutil
+
+    from pdediff.solve.api import resolve_protocol
+
+    model = tmp_path / "model"
+    shutil.copytree(checkpoint, model)
+    (model / "guidance.json").write_text(json.dumps({"pdediff": {"inverse": {"steps": 3}}}))
+    assert resolve_protocol(model, "pdediff", "inverse").steps == 3
+    assert resolve_protocol(model, "pdediff", "forward").steps == 32
+    assert resolve_protocol(model, "pdediff", "inverse", {"steps": 5}).steps == 5
+    obs, _ = observations_from_truth(darcy.isel(sample=[3]), ["u"], count=6, seed=0)
+    ds = solve(model, obs, task="inverse", members=2, progress=False)
+    assert ds.attrs["solver"] == "darcy reference solver"
+    assert json.loads(ds.attrs["protocol"])["steps"] == 3
+    ds = solve(model, obs, task="inverse", members=2, preset="joint", protocol={"steps": 2})
+    assert ds.attrs["solver"] == "none"
+    (model / "guidance.json").write_text(json.dumps({"pdediff": {"inverse": {"stepz": 3}}}))
+    with pytest.raises(PdediffError, match=r"unknown protocol setting\(s\) \['stepz'\]"):
+        resolve_protocol(model, "pdediff", "inverse")

@@ -13,7 +13,8 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import fields, replace
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -23,11 +24,50 @@ from pdediff.io.conventions import history_line
 from pdediff.io.fieldspec import FieldSpec
 from pdediff.io.observations import Observations, build_operator, read_observations
 from pdediff.pde.registry import FAMILIES
-from pdediff.solve.posterior import DIFFUSIONPDE, Protocol, sample_posterior
+from pdediff.solve.posterior import DIFFUSIONPDE, Protocol, sample_posterior, uses_solver
 
 TASKS = ("forward", "inverse", "joint")
-PRESETS: dict[str, Protocol] = {"pdediff": Protocol(), "diffusionpde": DIFFUSIONPDE}
+#: ``pdediff``: 32 Heun steps, the family's reference solver for the solution where it has
+#: one (:mod:`pdediff.solve.posterior`); ``joint``: the same, both fields sampled (the
+#: DiffusionPDE model of the problem) with the PDE residual term; ``diffusionpde``: the
+#: released protocol.  A model's ``guidance.json`` refines the first two per task.
+PRESETS: dict[str, Protocol] = {
+    "pdediff": Protocol(steps=32, solver=None, default_obs_weight=1000.0),
+    "joint": Protocol(steps=32, solver=False, default_obs_weight=1000.0, pde_weight=10.0),
+    "diffusionpde": DIFFUSIONPDE,
+}
+#: File in a model directory: ``{preset: {task: {protocol field: value}}}``, the weights
+#: tuned for that model (written by whoever tuned them, with how, in the model card).
+GUIDANCE_FILE = "guidance.json"
 MEMBER_DIM = "member"
+
+
+def model_guidance(checkpoint: str | os.PathLike, preset: str, task: str) -> dict:
+    """The protocol overrides that ``checkpoint``'s ``guidance.json`` stores for
+    ``preset`` and ``task`` (empty without the file)."""
+    path = Path(checkpoint) / GUIDANCE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PdediffError(f"{path} is not valid JSON ({e}); fix or delete it") from None
+    return dict(stored.get(preset, {}).get(task, {}))
+
+
+def resolve_protocol(
+    checkpoint: str | os.PathLike, preset: str, task: str, overrides: Mapping | None = None
+) -> Protocol:
+    """``PRESETS[preset]``, then the model's :func:`model_guidance`, then ``overrides``
+    (``None`` values ignored)."""
+    if preset not in PRESETS:
+        raise PdediffError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    known = {f.name for f in fields(Protocol)}
+    stored, given = model_guidance(checkpoint, preset, task), dict(overrides or {})
+    unknown = sorted((set(stored) | set(given)) - known)
+    if unknown:
+        raise PdediffError(f"unknown protocol setting(s) {unknown}; known: {sorted(known)}")
+    return PRESETS[preset].with_overrides(**stored).with_overrides(**given)
 
 
 def select_task(obs: Observations, spec: FieldSpec, task: str) -> Observations:
@@ -112,24 +152,26 @@ def solve(
     members
         Ensemble size (one batch).
     preset
-        ``"pdediff"`` or ``"diffusionpde"`` (:data:`PRESETS`); ``protocol`` overrides any of
-        its fields (e.g. ``{"steps": 50, "pde_weight": 10, "obs_weight": {"u": 100}}``).
+        A key of :data:`PRESETS`; the model's ``guidance.json`` (:func:`model_guidance`)
+        and then ``protocol`` override any of its fields (e.g. ``{"steps": 50,
+        "pde_weight": 10, "obs_weight": {"u": 100}}``).
     use_pde
-        Add the residual of the family named in the model's ``pde`` attribute.
+        Use the family named in the model's ``pde`` attribute for the residual term
+        (``False``: ``pde_weight = 0``).
     """
     from tqdm.auto import tqdm
 
     from pdediff.train import load_checkpoint
 
-    if preset not in PRESETS:
-        raise PdediffError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    proto = PRESETS[preset].with_overrides(**dict(protocol or {}))
+    proto = resolve_protocol(checkpoint, preset, task, protocol)
+    if not use_pde:
+        proto = replace(proto, pde_weight=0.0)
     denoiser, spec, _ = load_checkpoint(checkpoint)
     if not isinstance(observations, Observations):
         observations = read_observations(observations)
     obs = select_task(observations, spec, task)
     model = build_operator(obs, spec, normalised=True)
-    family = FAMILIES.get(str(spec.attrs.get("pde"))) if use_pde else None
+    family = FAMILIES.get(str(spec.attrs.get("pde")))
     params = {k[len("param_") :]: v for k, v in spec.attrs.items() if k.startswith("param_")}
     params = {k: v for k, v in params.items() if family is not None and k in family.defaults}
     t0 = time.perf_counter()
@@ -154,6 +196,7 @@ def solve(
         "preset": preset,
         "protocol": proto.to_dict(),
         "pde_guidance": family.name if family and proto.pde_weight > 0 else "none",
+        "solver": f"{family.name} reference solver" if uses_solver(proto, family) else "none",
         "members": members,
         "seed": seed,
         "run_time_s": round(seconds, 3),

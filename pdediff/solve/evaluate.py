@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -51,8 +51,7 @@ from pdediff.metrics import (
 )
 from pdediff.pde.base import Grid, PDEFamily
 from pdediff.pde.registry import FAMILIES
-from pdediff.solve.api import PRESETS, TASKS, select_task
-from pdediff.solve.posterior import Protocol
+from pdediff.solve.api import TASKS, resolve_protocol, select_task
 
 __all__ = [
     "COLUMNS",
@@ -214,17 +213,6 @@ def check_methods(methods: Sequence[str], task: str, family: PDEFamily | None) -
                 f"method {m!r} needs a {', '.join(BASELINE_FAMILIES)} test set; this one {what}"
             )
     return methods
-
-
-def _protocol(preset: str, protocol: Mapping | None) -> Protocol:
-    if preset not in PRESETS:
-        raise PdediffError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    unknown = sorted(set(protocol or {}) - {f.name for f in fields(Protocol)})
-    if unknown:
-        raise PdediffError(
-            f"unknown protocol setting(s) {unknown}; known: {[f.name for f in fields(Protocol)]}"
-        )
-    return PRESETS[preset].with_overrides(**dict(protocol or {}))
 
 
 # ------------------------------------------------------------------------------ the methods
@@ -536,7 +524,7 @@ def _context(
         levels["a"] = (full["a_low"], full["a_high"])
     if int(settings["members"]) != settings["members"] or settings["members"] < 1:
         raise PdediffError(f"members must be an integer >= 1, got {settings['members']}")
-    _protocol(settings["preset"], settings["protocol"])
+    resolve_protocol(checkpoint, settings["preset"], task, settings["protocol"])
     options = {str(k): dict(v) for k, v in (settings.get("baseline_options") or {}).items()}
     ctx = _Context(
         checkpoint=str(checkpoint),
@@ -768,7 +756,7 @@ def _meta(
         **{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in draw.items()},
         "members": ctx.members,
         "preset": ctx.preset,
-        "protocol": _protocol(ctx.preset, ctx.protocol).to_dict(),
+        "protocol": resolve_protocol(ctx.checkpoint, ctx.preset, ctx.task, ctx.protocol).to_dict(),
         "use_pde": ctx.use_pde,
         "baseline_options": ctx.options,
         "coverage_level": COVERAGE_LEVEL,

@@ -13,6 +13,13 @@ correction).  ``r`` is the family's finite-difference residual of the de-normali
 (``P`` interior points) and ``s`` the root mean square of its largest term, so the PDE weight
 does not depend on the physical units.  Observation misfits are on the normalised fields.
 
+With ``Protocol.solver`` and a family that has a differentiable reference solver
+(:mod:`pdediff.pde.adjoint`: Darcy, Poisson, Helmholtz) the solution is not sampled but
+computed: every estimate ``x0_hat`` is mapped to ``(a, u(a))`` with ``u(a)`` the reference
+solution of its coefficient, so observations of ``u`` guide ``a`` through the solver (adjoint
+gradient), and the returned members are exact discrete solutions of their coefficients.
+The PDE residual term is then zero and left out.
+
 Everything here is torch; xarray enters only in :mod:`pdediff.solve.api`.
 """
 
@@ -36,6 +43,7 @@ from pdediff.core.types import Callback, Denoiser
 from pdediff.errors import PdediffError
 from pdediff.io.fieldspec import FieldSpec
 from pdediff.io.observations import ObservationModel
+from pdediff.pde.adjoint import SOLVER_FAMILIES, solve_torch
 from pdediff.pde.base import Params, PDEFamily
 
 
@@ -57,6 +65,10 @@ class Protocol:
         Fraction of the steps after which observation weights drop to
         ``obs_weight_after * zeta_f`` and the PDE term switches on (DiffusionPDE: 0.8);
         ``None``: constant weights.
+    solver
+        Compute the solution fields with the family's differentiable reference solver
+        instead of sampling them (see the module docstring): ``True`` needs a family with
+        one, ``None`` uses it where the family has one.
     """
 
     sampler: str = "heun"
@@ -69,6 +81,7 @@ class Protocol:
     pde_weight: float = 0.0
     switch_fraction: float | None = None
     obs_weight_after: float = 0.1
+    solver: bool | None = False
 
     def with_overrides(self, **kwargs) -> Protocol:
         """A copy with the given attributes replaced (``None`` values are ignored)."""
@@ -131,14 +144,52 @@ def pde_residual_fn(
     return residual
 
 
+def solver_map(
+    family: PDEFamily, spec: FieldSpec, params: Params
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x0 -> x0'`` (normalised, ``(N, C, *grid)``): the coefficient clipped to the prior's
+    range ``[a_low, a_high]`` where the family has one, the solution replaced by the
+    reference solution of that coefficient (differentiable, :func:`solve_torch`).
+
+    The clip passes gradients straight through (its value is clipped, its derivative is
+    one), so an observation of ``a`` still pulls an estimate that left the range back in.
+    """
+    if family.name not in SOLVER_FAMILIES:
+        raise PdediffError(
+            f"solver=True needs a family with a differentiable solver "
+            f"({', '.join(SOLVER_FAMILIES)}), the model's is {family.name!r}"
+        )
+    missing = [f for f in family.fields if f not in spec.variables]
+    if missing:
+        raise PdediffError(f"the model lacks field(s) {missing} of the {family.name} solver")
+    grid, p = spec.grid(), family.params(params)
+    ia, iu = spec.variables.index("a"), spec.variables.index("u")
+
+    def mapped(x0: torch.Tensor) -> torch.Tensor:
+        phys = spec.denormalise(x0)
+        a = phys[:, ia]
+        if "a_low" in p:
+            a = a + (a.clamp(p["a_low"], p["a_high"]) - a).detach()
+        u = solve_torch(family, a, grid, p)
+        channels = list(phys.unbind(1))
+        channels[ia], channels[iu] = a, u
+        return spec.normalise(torch.stack(channels, 1))
+
+    return mapped
+
+
 def guidance_terms(
     model: ObservationModel,
     spec: FieldSpec,
     protocol: Protocol,
     sigmas: torch.Tensor,
     residual: Callable[[torch.Tensor], torch.Tensor] | None,
+    solved: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list:
-    """The weighted terms of the step correction (one observation term per field)."""
+    """The weighted terms of the step correction (one observation term per field).
+
+    ``solved`` (:func:`solver_map`) makes every observation act on the solved estimate.
+    """
     s_switch = (
         sigma_at_step_fraction(sigmas, protocol.switch_fraction)
         if protocol.switch_fraction is not None
@@ -155,6 +206,8 @@ def guidance_terms(
         if zeta == 0:
             continue
         y = model.y[slices[name]]
+        if solved is not None:
+            op = _compose(op, solved)
         term = ObservationTerm(op, y, norm="l2", name=f"obs_{name}")
         terms.append((term, schedule(zeta, protocol.obs_weight_after * zeta)))
     if residual is not None and protocol.pde_weight > 0:
@@ -168,6 +221,17 @@ def guidance_terms(
             (ResidualTerm(scaled, norm="l2", name="pde"), schedule(before, protocol.pde_weight))
         )
     return terms
+
+
+def uses_solver(protocol: Protocol, family: PDEFamily | None) -> bool:
+    """Whether ``protocol`` computes the solution with the family's solver."""
+    if protocol.solver is None:
+        return family is not None and family.name in SOLVER_FAMILIES
+    return bool(protocol.solver)
+
+
+def _compose(op: Callable, inner: Callable) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x0: op(inner(x0))
 
 
 def sample_posterior(
@@ -202,8 +266,13 @@ def sample_posterior(
     sigmas = karras_sigmas(protocol.steps, protocol.sigma_min, protocol.sigma_max, protocol.rho).to(
         dtype
     )
+    if protocol.solver and family is None:
+        raise PdediffError("solver=True needs the PDE family of the model")
+    solved = solver_map(family, spec, params or {}) if uses_solver(protocol, family) else None
     residual = pde_residual_fn(family, spec, params or {}) if family is not None else None
-    terms = guidance_terms(model, spec, protocol, sigmas, residual)
+    if solved is not None:
+        residual = None  # u(a) solves the discrete PDE: the residual is zero
+    terms = guidance_terms(model, spec, protocol, sigmas, residual, solved)
     correction = step_correction(denoiser, terms) if terms else None
     generator = torch.Generator().manual_seed(seed)
     x = sigmas[0] * torch.randn(
@@ -227,4 +296,6 @@ def sample_posterior(
         raise FloatingPointError(
             f"the posterior samples contain NaN/inf; lower the guidance weights (now {weights})"
         )
+    if solved is not None:
+        out = solved(out)
     return out
