@@ -233,6 +233,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             samples=args.samples,
             seed=args.seed,
             methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+            baseline_options={"fno": {"model": args.fno_model}} if args.fno_model else None,
             out=json_path,
             overwrite=args.overwrite,
             command="pdediff " + shlex.join(args.argv),
@@ -250,7 +251,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from pdediff.demo import run_demo
 
-    run_demo(Path(args.out), seed=args.seed, resolution=args.resolution, n=args.n)
+    run_demo(
+        Path(args.out),
+        model=args.model,
+        seed=args.seed,
+        points=args.points,
+        members=args.members,
+        steps=args.steps,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -403,7 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-pde", action="store_true", help="observations only")
     ev.add_argument("--samples", type=int, help="evaluate the first K test samples")
     ev.add_argument(
-        "--methods", default="diffusion", help="comma separated: diffusion,interp-solve,pde-fit"
+        "--methods",
+        default="diffusion",
+        help="comma separated: diffusion,interp-solve,pde-fit,fno",
+    )
+    ev.add_argument(
+        "--fno-model",
+        metavar="DIR",
+        help="FNO baseline of the task (FNOBaseline.save directory), for --methods fno",
     )
     ev.add_argument("--seed", type=int, default=0, help="seed of observations and sampling")
     ev.add_argument("--out", required=True, help="TABLE.json (rows also to TABLE.csv)")
@@ -413,9 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job for a newcomer (see README)")
     d.add_argument("--out", default="pdediff-demo", help="folder for the demo's outputs")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--resolution", type=int, default=64)
-    d.add_argument("--n", type=int, default=8)
+    d.add_argument("--model", help="a Darcy model directory (default: the shipped darcy64)")
+    d.add_argument("--seed", type=int, default=0, help="seed of truth, sensors and sampling")
+    d.add_argument("--points", type=int, default=500, help="sensors per field")
+    d.add_argument("--members", type=int, default=8, help="ensemble size")
+    d.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
     d.set_defaults(func=cmd_demo)
     return p
 

@@ -287,3 +287,81 @@ def test_cli_interrupt_keeps_the_samples_done(checkpoint, test_set, tmp_path, ca
     assert f"the samples done are in {out}" in capsys.readouterr().err
     doc = json.loads(out.read_text())
     assert doc["samples_done"] == 1 and not doc["complete"] and len(doc["rows"]) == 2
+
+
+# ------------------------------------------------------------------------------ the FNO
+
+
+@pytest.fixture(scope="module")
+def fno_models(tmp_path_factory):
+    """Tiny FNO baselines on 8x8 Darcy, a few steps each: forward (a -> u), inverse (u -> a)."""
+    from pdediff.baselines import train_fno_baseline
+
+    train = generate("darcy", 8, 8, seed=2, progress=False)
+    tiny = {"sensors": 10, "steps": 3, "width": 8, "modes": 4, "n_layers": 2, "batch_size": 4}
+    folder = tmp_path_factory.mktemp("fno")
+    return {
+        task: train_fno_baseline(train, src, tgt, seed=0, **tiny).save(folder / task)
+        for task, (src, tgt) in {"forward": ("a", "u"), "inverse": ("u", "a")}.items()
+    }
+
+
+@pytest.mark.parametrize("task", ["forward", "inverse"])
+def test_fno_method_predicts_from_the_same_sensors(checkpoint, test_set, fno_models, task):
+    from pdediff.baselines import FNOBaseline
+    from pdediff.baselines.classical import fill_field
+
+    options = {"fno": {"model": fno_models[task]}}
+    result = evaluate(
+        checkpoint, test_set, task=task, methods=["fno", "diffusion"],
+        baseline_options=options, **FAST,
+    )  # fmt: skip
+    spec = read_checkpoint(checkpoint).fieldspec
+    fno = FNOBaseline.load(fno_models[task])
+    source, target = ("a", "u") if task == "forward" else ("u", "a")
+    for i in (0, 1):
+        rows = {(r["method"], r["field"]): r for r in result.rows if r["sample"] == i}
+        assert rows[("fno", "a")]["obs_seed"] == rows[("diffusion", "a")]["obs_seed"]
+        f = draw_observations(test_set, spec, task, i, 0, points=10).fields[source]
+        idx = evaluate_module._grid_indices(f, spec, source)
+        truth = test_set.isel(sample=[i])
+        pred = fno.predict(idx, f.values)
+        expected = relative_l2(pred[None], truth[target].values)[0]
+        assert rows[("fno", target)]["rel_l2_mean"] == pytest.approx(expected, rel=1e-9)
+        filled = fill_field(spec.grid(), idx, np.asarray(f.values, np.float64))
+        expected = relative_l2(filled[None], truth[source].values)[0]
+        assert rows[("fno", source)]["rel_l2_mean"] == pytest.approx(expected, rel=1e-9)
+        assert rows[("fno", "a")]["error_rate_mean"] is not None
+        assert rows[("fno", target)]["members"] == 1 and rows[("fno", target)]["error"] == ""
+        assert rows[("fno", target)]["coverage90"] is None
+    assert result.meta["baseline_options"] == {"fno": {"model": str(fno_models[task])}}
+    assert set(result.summary()) == {"fno", "diffusion"}
+
+
+def test_fno_method_needs_the_model_of_the_task(checkpoint, test_set, fno_models):
+    with pytest.raises(PdediffError, match="--fno-model DIR"):
+        evaluate(checkpoint, test_set, task="forward", methods=["fno"], **FAST)
+    wrong = {"fno": {"model": fno_models["inverse"]}}
+    with pytest.raises(PdediffError, match="maps 'u' -> 'a', but the forward task observes"):
+        evaluate(
+            checkpoint, test_set, task="forward", methods=["fno"], baseline_options=wrong, **FAST
+        )
+    with pytest.raises(PdediffError, match="does not solve the joint task"):
+        check_methods(["fno"], "joint", FAMILIES["darcy"])
+    assert check_methods(["fno"], "forward", FAMILIES["burgers"]) == ("fno",)
+
+
+def test_cli_fno_model(checkpoint, test_set, fno_models, tmp_path, capsys):
+    data = write_fields(test_set, tmp_path / "test.nc")
+    out = tmp_path / "table.json"
+    argv = [
+        "evaluate", "--model", str(checkpoint), "--data", str(data), "--task", "inverse",
+        "--points", "10", "--samples", "1", "--methods", "fno", "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    assert main(argv) == 2
+    assert "--fno-model" in capsys.readouterr().err
+    assert main([*argv, "--fno-model", str(fno_models["inverse"])]) == 0
+    assert "fno" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["methods"] == ["fno"] and len(doc["rows"]) == 2
+    assert doc["baseline_options"]["fno"]["model"] == str(fno_models["inverse"])

@@ -236,3 +236,15 @@ def test_model_guidance_file_and_presets(checkpoint, darcy, tmp_path):
     (model / "guidance.json").write_text(json.dumps({"pdediff": {"inverse": {"stepz": 3}}}))
     with pytest.raises(PdediffError, match=r"unknown protocol setting\(s\) \['stepz'\]"):
         resolve_protocol(model, "pdediff", "inverse")
+
+
+def test_demo_runs_on_a_model_and_writes_posteriors_and_figures(checkpoint, tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--model", str(checkpoint), "--out", str(out), "--points", "8"]
+    assert main([*argv, "--members", "2", "--steps", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "classical (pde-fit)" in text and "classical (interp-solve)" in text
+    for task in ("inverse", "forward"):
+        post = xr.open_dataset(out / f"{task}.nc")
+        assert post.sizes["member"] == 2 and {"a_true", "u_true", "a_std"} <= set(post)
+        assert (out / f"{task}.png").read_bytes()[:4] == b"\x89PNG"

@@ -10,7 +10,10 @@ every method is run on the *same* observations:
 * ``interp-solve`` (forward, joint; Darcy, Poisson, Helmholtz):
   :func:`pdediff.baselines.interpolate_then_solve`, with the ``u`` sensors held in a joint
   task;
-* ``pde-fit`` (inverse; Darcy, Poisson, Helmholtz): :func:`pdediff.baselines.pde_constrained_fit`.
+* ``pde-fit`` (inverse; Darcy, Poisson, Helmholtz): :func:`pdediff.baselines.pde_constrained_fit`;
+* ``fno`` (forward, inverse; any family): a trained :class:`pdediff.baselines.FNOBaseline`
+  (``baseline_options={"fno": {"model": DIR}}``, one FNO per task) reads the sensors of its
+  source field and predicts its target field.
 
 Each (method, sample, field) gives one row of scores from :mod:`pdediff.metrics`; the
 baselines are point estimates (one "member"), so their probabilistic scores are left out
@@ -63,15 +66,18 @@ __all__ = [
     "sample_seeds",
 ]
 
-METHODS = ("diffusion", "interp-solve", "pde-fit")
+METHODS = ("diffusion", "interp-solve", "pde-fit", "fno")
 #: Tasks each method can solve (the baselines need the coefficient, resp. solution, sensors).
 METHOD_TASKS = {
     "diffusion": TASKS,
     "interp-solve": ("forward", "joint"),
     "pde-fit": ("inverse",),
+    "fno": ("forward", "inverse"),
 }
 ENSEMBLE_METHODS = frozenset({"diffusion"})
 BASELINE_FAMILIES = ("darcy", "poisson", "helmholtz")
+#: The methods that need a family of :data:`BASELINE_FAMILIES` (a reference solver).
+CLASSICAL_METHODS = frozenset({"interp-solve", "pde-fit"})
 COVERAGE_LEVEL = 0.9
 #: The columns of a row, in the order of the CSV.
 COLUMNS = (
@@ -207,7 +213,7 @@ def check_methods(methods: Sequence[str], task: str, family: PDEFamily | None) -
                 f"{' and '.join(METHOD_TASKS[m])})"
             )
         name = family.name if family is not None else None
-        if m != "diffusion" and name not in BASELINE_FAMILIES:
+        if m in CLASSICAL_METHODS and name not in BASELINE_FAMILIES:
             what = f"is {name!r}" if name else "names no known PDE family (attribute 'pde')"
             raise PdediffError(
                 f"method {m!r} needs a {', '.join(BASELINE_FAMILIES)} test set; this one {what}"
@@ -234,6 +240,7 @@ class _Context:
     protocol: dict
     use_pde: bool
     options: dict[str, dict]
+    fno: Any = None  # the FNOBaseline of the "fno" method, loaded once
 
 
 def _grid_indices(obs: FieldObservations, spec: FieldSpec, name: str) -> np.ndarray:
@@ -296,13 +303,62 @@ def _run_pde_fit(ctx: _Context, obs: Observations) -> dict:
     return {"a": out["a"], "u": out["u"]}
 
 
+def _load_fno(options: Mapping[str, Any], spec: FieldSpec, task: str) -> Any:
+    """The FNO baseline of ``options["model"]``, checked against the model and the task."""
+    from pdediff.baselines.fno import FNOBaseline
+
+    if not options.get("model"):
+        raise PdediffError(
+            "method 'fno' needs a trained FNO baseline for the task: pass --fno-model DIR "
+            "(baseline_options={'fno': {'model': DIR}}, a directory of FNOBaseline.save)"
+        )
+    fno = FNOBaseline.load(options["model"])
+    role = "coefficient" if task == "forward" else "solution"
+    observed = [
+        v for v in spec.variables if spec.variable_attrs.get(v, {}).get("role", "solution") == role
+    ]
+    where = f"the FNO baseline {options['model']}"
+    if fno.source not in observed or fno.target not in spec.variables or fno.target in observed:
+        raise PdediffError(
+            f"{where} maps {fno.source!r} -> {fno.target!r}, but the {task} task observes "
+            f"{observed} of the model's {list(spec.variables)}: pass the FNO trained for the "
+            f"{task} task"
+        )
+    if tuple(fno.shape) != tuple(spec.shape):
+        raise PdediffError(
+            f"{where} was trained on a {fno.shape} grid; the model's is {spec.shape}"
+        )
+    return fno
+
+
+def _run_fno(ctx: _Context, obs: Observations) -> dict:
+    """The FNO's prediction of its target field from the sensors of its source field.
+
+    The observed (source) field is returned as the nearest-neighbour fill of its sensors
+    (:func:`pdediff.baselines.classical.fill_field`), not as the FNO's input (sensor values
+    and the training mean elsewhere), so its scores compare with those of ``interp-solve``.
+    """
+    from pdediff.baselines.classical import fill_field
+
+    f = obs.fields[ctx.fno.source]
+    idx = _grid_indices(f, ctx.spec, ctx.fno.source)
+    return {
+        ctx.fno.source: fill_field(ctx.grid, idx, np.asarray(f.values, np.float64)),
+        ctx.fno.target: ctx.fno.predict(idx, f.values),
+    }
+
+
 def _run(method: str, ctx: _Context, obs: Observations, solve_seed: int) -> tuple[dict, float]:
     """``field -> (M, *grid)`` estimates and the seconds they took."""
     if method == "diffusion":
         return _run_diffusion(ctx, obs, solve_seed)
     t0 = time.perf_counter()
-    run = _run_interp_solve if method == "interp-solve" else _run_pde_fit
-    est = run(ctx, obs)
+    if method == "interp-solve":
+        est = _run_interp_solve(ctx, obs)
+    elif method == "pde-fit":
+        est = _run_pde_fit(ctx, obs)
+    else:
+        est = _run_fno(ctx, obs)
     seconds = time.perf_counter() - t0
     return {f: np.asarray(v, np.float64)[None] for f, v in est.items()}, seconds
 
@@ -526,6 +582,11 @@ def _context(
         raise PdediffError(f"members must be an integer >= 1, got {settings['members']}")
     resolve_protocol(checkpoint, settings["preset"], task, settings["protocol"])
     options = {str(k): dict(v) for k, v in (settings.get("baseline_options") or {}).items()}
+    fno = None
+    if "fno" in methods:
+        given = options.get("fno", {}).items()
+        options["fno"] = {k: str(v) if isinstance(v, os.PathLike) else v for k, v in given}
+        fno = _load_fno(options["fno"], spec, task)
     ctx = _Context(
         checkpoint=str(checkpoint),
         spec=spec,
@@ -539,6 +600,7 @@ def _context(
         protocol=dict(settings["protocol"] or {}),
         use_pde=bool(settings["use_pde"]),
         options=options,
+        fno=fno,
     )
     return ctx, methods
 
@@ -674,7 +736,8 @@ def evaluate(
     methods
         Any of :data:`METHODS`; every method gets the same observations of a sample.
     baseline_options
-        Keyword arguments per baseline, e.g. ``{"pde-fit": {"max_iter": 100}}``.
+        Keyword arguments per baseline, e.g. ``{"pde-fit": {"max_iter": 100}}``; the
+        ``fno`` method needs ``{"fno": {"model": DIR}}``, the FNO baseline of the task.
     out
         ``TABLE.json``: written, with ``TABLE.csv``, after every sample (atomically).
     overwrite
@@ -693,7 +756,8 @@ def evaluate(
     ------
     PdediffError
         Unknown task, method or preset; a method that does not solve the task or the
-        family; a test set that does not fit the model; a table path that is not ``.json``.
+        family; a test set that does not fit the model; a table path that is not ``.json``;
+        ``fno`` without a model, or with one trained for another task or grid.
     FileExistsError
         The table (or its CSV) exists and ``overwrite`` is false.
     """

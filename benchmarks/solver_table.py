@@ -1,0 +1,474 @@
+"""The solver table of issue 4: a trained model and the baselines on one test set.
+
+For each task (forward: observe ``a``, infer ``u``; inverse: observe ``u``, infer ``a``) and
+each sensor setting (default: 500 random grid points, and 3 % of the grid points) the rows
+are :func:`pdediff.solve.evaluate.evaluate` calls on the same test samples:
+
+* ``pdediff``: the diffusion posterior with the ``pdediff`` preset (32 Heun steps, ``u`` from
+  the reference solver of the sampled ``a``; observations of ``u`` guide ``a`` through the
+  adjoint);
+* ``joint``: the ``joint`` preset (both fields sampled, observation and PDE residual terms);
+* ``diffusionpde``: the released DiffusionPDE protocol (Heun 2,000 steps, step correction,
+  switch at 80 %), on the first ``--dp-samples`` samples only;
+* ``classical``: ``interp-solve`` (forward) and ``pde-fit`` (inverse), for Darcy, Poisson and
+  Helmholtz;
+* ``fno``: the FNO baselines ``--fno-forward`` / ``--fno-inverse`` (one per task; the same
+  model serves every sensor setting), when given.
+
+Test sample ``i`` gets its sensors from the seeds ``(--seed, i)`` in every call, so every
+row sees the same observations of the same samples (the ``diffusionpde`` row a prefix of
+them).  Each call writes its table (JSON + CSV, after every sample) into the folder
+``OUT_STEM/`` beside ``--out``, named ``TASK_SENSORS_ROW.json``; ``--resume`` skips the parts
+whose table is complete and was made with the same settings, and reruns the others.  After
+every part the summary ``--out`` is rewritten (command, machine, settings, protocol
+overrides, the resolved protocol of every part, and one row per (sensors, method)), and at
+the end the table is printed as markdown.
+
+NFE is the number of denoiser evaluations per member (a batch of members counts once):
+the sampler's (Heun: ``2 steps - 1``; Euler, DPM-Solver++(2M): ``steps``) plus one per
+guidance step correction (``steps - 1``, each also a backward pass).
+
+    python benchmarks/solver_table.py --model CKPT --data TEST.nc --family darcy \
+        --samples 100 --dp-samples 20 --members 8 --fno-forward DIR --fno-inverse DIR \
+        --out benchmarks/results/solver_table_darcy64.json
+
+A smaller CPU run: ``--samples 10 --dp-samples 2 --steps 16 --dp-steps 200``;
+``--protocol-json`` overrides protocol fields of every preset (``{"sampler": "euler"}``) or of
+some (``{"joint": {"pde_weight": 0}}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pdediff.errors import PdediffError
+from pdediff.io.store import open_fields
+from pdediff.solve.api import PRESETS, resolve_protocol
+from pdediff.solve.evaluate import BASELINE_FAMILIES, evaluate, table_paths
+from pdediff.train import read_checkpoint
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import command_line, save  # noqa: E402
+
+TASKS = ("forward", "inverse")
+ROWS = ("pdediff", "joint", "diffusionpde", "classical", "fno")
+CLASSICAL = {"forward": "interp-solve", "inverse": "pde-fit"}
+#: Denoiser calls per step of each sampler, and calls saved on the last step to sigma = 0.
+SAMPLER_CALLS = {"heun": (2, 1), "euler": (1, 0), "dpmpp_2m": (1, 0), "euler_maruyama": (1, 0)}
+#: Settings of an evaluation table that must match for --resume to reuse it.
+MATCHED = ("task", "methods", "seed", "points", "fraction", "noise_std", "members", "preset")
+MATCHED += ("protocol", "samples", "baseline_options", "model", "data")
+
+
+# --------------------------------------------------------------------- shared helpers
+
+
+def parse_json(text: str | None, flag: str) -> dict:
+    """A JSON object given on the command line (``{}`` without one)."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{flag}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"{flag}: expected a JSON object, got {text!r}")
+    return value
+
+
+def preset_overrides(protocol_json: Mapping, presets: Sequence[str]) -> dict[str, dict]:
+    """``preset -> protocol overrides`` from ``--protocol-json``: a dict keyed by preset
+    names applies per preset, any other dict to every preset."""
+    if protocol_json and set(protocol_json) <= set(PRESETS):
+        return {p: dict(protocol_json.get(p, {})) for p in presets}
+    return {p: dict(protocol_json) for p in presets}
+
+
+def sensor_setting(text: str) -> tuple[str, dict]:
+    """``"500"`` -> 500 points per field; ``"0.03"`` or ``"3%"`` -> that fraction of the grid
+    points.  Returns a file-safe label and the keyword arguments of ``evaluate``."""
+    try:
+        if text.endswith("%"):
+            frac = float(text[:-1]) / 100
+        elif any(c in text for c in ".eE"):
+            frac = float(text)
+        else:
+            points = int(text)
+            if points < 1:
+                raise ValueError
+            return f"p{points}", {"points": points, "fraction": None}
+    except ValueError:
+        raise SystemExit(f"bad sensor setting {text!r}: a count (500) or a fraction") from None
+    if not 0 < frac <= 1:
+        raise SystemExit(f"bad sensor fraction {text!r}: must be in (0, 1]")
+    return f"f{frac:g}", {"points": None, "fraction": frac}
+
+
+def sensor_label(draw: Mapping) -> str:
+    """Sensors in words, for the printed tables."""
+    if draw.get("fraction") is not None:
+        return f"{100 * draw['fraction']:g} % of nodes"
+    return f"{draw['points']} points"
+
+
+def nfe(protocol: Mapping) -> dict[str, int | None]:
+    """Denoiser evaluations per member of a resolved protocol: the sampler's and the total
+    with the step corrections (one per step not ending at sigma = 0)."""
+    steps = int(protocol["steps"])
+    per_step, saved = SAMPLER_CALLS.get(protocol["sampler"], (None, 0))
+    if per_step is None:
+        return {"sampler": None, "total": None}
+    sampler = per_step * steps - saved
+    weights = [protocol["default_obs_weight"], protocol["pde_weight"]]
+    guided = any(w > 0 for w in [*weights, *dict(protocol["obs_weight"]).values()])
+    return {"sampler": sampler, "total": sampler + (steps - 1 if guided else 0)}
+
+
+def task_fields(spec, task: str) -> tuple[list[str], list[str]]:
+    """(observed, inferred) fields of ``task``, by the fields' ``role`` as in
+    :func:`pdediff.solve.api.select_task`."""
+    role = "coefficient" if task == "forward" else "solution"
+    roles = {v: spec.variable_attrs.get(v, {}).get("role", "solution") for v in spec.variables}
+    observed = [v for v in spec.variables if roles[v] == role]
+    return observed, [v for v in spec.variables if v not in observed]
+
+
+def _normal(x: Any) -> Any:
+    return json.loads(json.dumps(x, default=str))
+
+
+def expected_meta(model: str, data: str, kwargs: Mapping) -> dict:
+    """The settings an evaluation table made with ``kwargs`` records (see :data:`MATCHED`)."""
+    protocol = resolve_protocol(model, kwargs["preset"], kwargs["task"], kwargs["protocol"])
+    return _normal(
+        {
+            "task": kwargs["task"],
+            "methods": list(kwargs["methods"]),
+            "seed": kwargs["seed"],
+            "points": kwargs["points"],
+            "fraction": kwargs["fraction"],
+            "noise_std": kwargs["noise_std"],
+            "members": kwargs["members"],
+            "preset": kwargs["preset"],
+            "protocol": protocol.to_dict(),
+            "samples": kwargs["samples"],
+            "baseline_options": kwargs.get("baseline_options") or {},
+            "model": str(model),
+            "data": str(data),
+        }
+    )
+
+
+def run_part(
+    path: Path, model: str, data: str, kwargs: Mapping, *, resume: bool, overwrite: bool
+) -> tuple[dict, str]:
+    """One evaluation table at ``path``: reused with ``resume`` if complete and made with
+    the same settings, else (re)computed.  Returns the table's JSON document and what was
+    done (``"reused"``, ``"ran"``)."""
+    want = expected_meta(model, data, kwargs)
+    if resume and path.is_file():
+        doc = json.loads(path.read_text())
+        differ = [k for k in MATCHED if _normal(doc.get(k)) != want[k]]
+        if doc.get("complete") and not differ:
+            return doc, "reused"
+        why = "incomplete" if not doc.get("complete") else f"settings differ: {differ}"
+        print(f"  rerunning {path.name} ({why})", flush=True)
+    evaluate(
+        model,
+        data,
+        out=path,
+        overwrite=overwrite or resume,
+        command=command_line(),
+        **kwargs,
+    )
+    return json.loads(path.read_text()), "ran"
+
+
+def check_outputs(paths: Sequence[Path], resume: bool, overwrite: bool) -> None:
+    """Refuse to start when a table would be replaced without --resume or --overwrite."""
+    if resume or overwrite:
+        return
+    existing = [str(p) for path in paths for p in table_paths(path) if p.exists()]
+    if existing:
+        raise SystemExit(
+            f"{len(existing)} table file(s) exist (first: {existing[0]}); pass --resume to "
+            "keep the complete ones or --overwrite to replace them"
+        )
+
+
+def stat(summary: Mapping, method: str, field: str, metric: str) -> dict | None:
+    """``{"mean", "std", "n"}`` of ``metric`` in an evaluation summary, if there."""
+    return summary.get(method, {}).get(field, {}).get(metric)
+
+
+def fmt(s: Mapping | None, scale: float = 1.0, sem: bool = False, digits: int = 3) -> str:
+    """``mean`` (and ``± standard error`` with ``sem``) of a stat, ``-`` if missing."""
+    if s is None or s.get("mean") is None:
+        return "-"
+    text = f"{scale * s['mean']:.{digits}g}"
+    if sem and s["n"] > 1:
+        text += f" ± {scale * s['std'] / math.sqrt(s['n'] - 1):.2g}"  # std has ddof=0
+    return text
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def check_family(data: str, family: str | None) -> str | None:
+    """The test set's PDE family (attribute ``pde``), checked against ``--family``."""
+    pde = open_fields(data).attrs.get("pde")
+    pde = None if pde is None else str(pde)
+    if family is not None and pde is not None and pde != family:
+        raise SystemExit(f"--family {family} but {data} holds {pde!r} data")
+    return family or pde
+
+
+# --------------------------------------------------------------------------- the table
+
+#: Scored per task: (key, field role, metric, scale); "target" is the inferred field.
+METRIC_KEYS = ("rel_l2_mean", "error_rate_mean", "crps", "coverage90", "spread_skill")
+
+
+def parts(args: argparse.Namespace, family: str | None) -> list[dict]:
+    """Every evaluation of the table: task, sensors, row, preset, methods, samples."""
+    fno = {"forward": args.fno_forward, "inverse": args.fno_inverse}
+    out = []
+    for task in TASKS:
+        for text in args.sensors:
+            label, draw = sensor_setting(text)
+            for row in args.rows:
+                part = {"task": task, "sensors": label, "draw": draw, "row": row}
+                part.update(preset="pdediff", methods=["diffusion"], samples=args.samples)
+                if row in ("joint", "diffusionpde"):
+                    part["preset"] = row
+                if row == "diffusionpde":
+                    if args.dp_samples <= 0:
+                        continue
+                    part["samples"] = min(args.dp_samples, args.samples)
+                if row == "classical":
+                    if family not in BASELINE_FAMILIES:
+                        continue
+                    part["methods"] = [CLASSICAL[task]]
+                    part["samples"] = min(args.classical_samples or args.samples, args.samples)
+                if row == "fno":
+                    if not fno[task]:
+                        continue
+                    part["methods"] = ["fno"]
+                out.append(part)
+    return out
+
+
+def part_kwargs(part: Mapping, args: argparse.Namespace, overrides: Mapping) -> dict:
+    options = dict(args.baseline_options)
+    if part["row"] == "fno":
+        options["fno"] = {
+            "model": args.fno_forward if part["task"] == "forward" else args.fno_inverse
+        }
+    return {
+        "task": part["task"],
+        **part["draw"],
+        "noise_std": args.noise_std,
+        "members": args.members,
+        "preset": part["preset"],
+        "protocol": overrides[part["preset"]],
+        "samples": part["samples"],
+        "seed": args.seed,
+        "methods": part["methods"],
+        "baseline_options": {k: v for k, v in options.items() if k in part["methods"]},
+        "progress": args.progress,
+    }
+
+
+def table_rows(done: Sequence[dict], spec) -> list[dict]:
+    """One row per (sensors, row) of the finished parts: per task the scores of the field
+    it infers, the seconds per sample, NFE and the number of samples."""
+    rows: dict[tuple[str, str], dict] = {}
+    for part in done:
+        key = (part["sensors"], part["row"])
+        row = rows.setdefault(
+            key,
+            {"sensors": part["sensors"], "sensor_label": part["sensor_label"], "row": part["row"]},
+        )
+        (method,) = part["methods"]
+        target = task_fields(spec, part["task"])[1][0]
+        summary = part["summary"]
+        entry = {"method": method, "preset": part["preset"], "field": target}
+        entry.update({m: stat(summary, method, target, m) for m in METRIC_KEYS})
+        entry["seconds"] = stat(summary, method, target, "seconds")
+        entry["n"] = (entry["rel_l2_mean"] or {}).get("n", 0)
+        entry["nfe"] = nfe(part["protocol"])["total"] if method == "diffusion" else None
+        entry["complete"] = part["complete"]
+        row[part["task"]] = entry
+    return list(rows.values())
+
+
+def format_table(rows: Sequence[dict], spec) -> str:
+    """The markdown table: errors in % (± standard error), the rest as means."""
+    fwd, inv = task_fields(spec, "forward")[1][0], task_fields(spec, "inverse")[1][0]
+    header = [
+        "sensors",
+        "method (preset)",
+        f"fwd {fwd} rel L2 %",
+        f"inv {inv} error rate %",
+        f"inv {inv} rel L2 %",
+        "coverage90 fwd / inv",
+        "spread-skill fwd / inv",
+        "CRPS fwd / inv",
+        "s/sample fwd / inv",
+        "NFE",
+        "n fwd / inv",
+    ]
+    lines = []
+    for r in rows:
+        f, i = r.get("forward", {}), r.get("inverse", {})
+        name = " / ".join(dict.fromkeys(e["method"] for e in (f, i) if e))
+        if name == "diffusion":
+            name = f"diffusion ({r['row']})"
+
+        def pair(metric: str, digits: int = 3, f=f, i=i) -> str:
+            return f"{fmt(f.get(metric), digits=digits)} / {fmt(i.get(metric), digits=digits)}"
+
+        nfes = sorted({str(e["nfe"]) for e in (f, i) if e and e["nfe"] is not None})
+        lines.append(
+            [
+                r["sensor_label"],
+                name,
+                fmt(f.get("rel_l2_mean"), 100, sem=True),
+                fmt(i.get("error_rate_mean"), 100, sem=True),
+                fmt(i.get("rel_l2_mean"), 100, sem=True),
+                pair("coverage90"),
+                pair("spread_skill"),
+                pair("crps"),
+                pair("seconds", 2),
+                " / ".join(nfes) or "-",
+                f"{f.get('n', '-')} / {i.get('n', '-')}",
+            ]
+        )
+    return markdown(header, lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--data", required=True, help="test set (.nc or .zarr)")
+    p.add_argument("--family", help="PDE family of the test set (checked against the data)")
+    p.add_argument("--samples", type=int, default=100, help="first K test samples")
+    p.add_argument(
+        "--dp-samples",
+        type=int,
+        default=20,
+        help="samples of the diffusionpde row (a prefix; 0: skip the row)",
+    )
+    p.add_argument(
+        "--classical-samples", type=int, help="samples of the classical row (default: --samples)"
+    )
+    p.add_argument("--members", type=int, default=8, help="ensemble size")
+    p.add_argument(
+        "--sensors",
+        nargs="+",
+        default=["500", "0.03"],
+        help="sensor settings: a count (500) or a fraction of the nodes (0.03, 3%%)",
+    )
+    p.add_argument("--noise-std", type=float, default=0.0, help="observation noise (physical)")
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    p.add_argument("--fno-forward", help="FNO baseline directory of the forward task")
+    p.add_argument("--fno-inverse", help="FNO baseline directory of the inverse task")
+    p.add_argument("--steps", type=int, help="sampler steps of the pdediff and joint presets")
+    p.add_argument("--dp-steps", type=int, help="sampler steps of the diffusionpde preset")
+    p.add_argument(
+        "--protocol-json",
+        help="protocol overrides: {field: value} for every preset, or {preset: {field: value}}",
+    )
+    p.add_argument("--baseline-options-json", help='e.g. {"pde-fit": {"max_iter": 200}}')
+    p.add_argument("--seed", type=int, default=0, help="seed of sensors and sampling")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--resume", action="store_true", help="keep complete tables")
+    p.add_argument("--overwrite", action="store_true", help="replace existing tables")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--out", required=True, help="summary JSON; tables go to OUT_STEM/")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.baseline_options = parse_json(args.baseline_options_json, "--baseline-options-json")
+    overrides = preset_overrides(parse_json(args.protocol_json, "--protocol-json"), list(PRESETS))
+    for preset, steps in (("pdediff", args.steps), ("joint", args.steps)):
+        if steps is not None:
+            overrides[preset]["steps"] = steps
+    if args.dp_steps is not None:
+        overrides["diffusionpde"]["steps"] = args.dp_steps
+    family = check_family(args.data, args.family)
+    spec = read_checkpoint(args.model).fieldspec
+    out = Path(args.out)
+    if out.suffix != ".json":
+        raise SystemExit(f"--out must be a .json file, got {args.out}")
+    folder = out.with_suffix("")
+    todo = parts(args, family)
+    paths = [folder / f"{p['task']}_{p['sensors']}_{p['row']}.json" for p in todo]
+    check_outputs(paths, args.resume, args.overwrite)
+    folder.mkdir(parents=True, exist_ok=True)
+    result = {
+        "note": "solver table: every row on the same test samples and sensors (seeds "
+        "(seed, i)); errors of the ensemble mean; diffusionpde on the first dp_samples",
+        "family": family,
+        "model": args.model,
+        "data": args.data,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("progress",)},
+        "protocol_overrides": {p: overrides[p] for p in PRESETS},
+        "threads": torch.get_num_threads(),
+        "parts": {},
+        "rows": [],
+    }
+    done = []
+    for part, path in zip(todo, paths, strict=True):
+        name = path.stem
+        print(f"[{len(done) + 1}/{len(todo)}] {name}", flush=True)
+        try:
+            doc, status = run_part(
+                path,
+                args.model,
+                args.data,
+                part_kwargs(part, args, overrides),
+                resume=args.resume,
+                overwrite=args.overwrite,
+            )
+        except PdediffError as e:
+            raise SystemExit(f"{name}: {e}") from None
+        part = {
+            **{k: v for k, v in part.items() if k != "draw"},
+            **part["draw"],
+            "sensor_label": sensor_label(part["draw"]),
+            "table": str(path),
+            "status": status,
+            "protocol": doc["protocol"],
+            "nfe": nfe(doc["protocol"]) if part["methods"] == ["diffusion"] else None,
+            "complete": doc["complete"],
+            "summary": doc["summary"],
+        }
+        done.append(part)
+        result["parts"][name] = part
+        result["rows"] = table_rows(done, spec)
+        save(result, out)
+    table = format_table(result["rows"], spec)
+    result["markdown"] = table
+    save(result, out)
+    print("\n" + table)
+    return result
+
+
+if __name__ == "__main__":
+    main()

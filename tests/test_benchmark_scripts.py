@@ -1,0 +1,144 @@
+"""The solver table and ablation scripts of benchmarks/ run end to end on the tiny 8x8
+Darcy model (2 samples, 2 members, 2 steps, one value per sub-study) and write the JSON
+they document; --resume reuses complete tables."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from pdediff.generate import generate
+from pdediff.io import write_fields
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_fields(
+        generate("darcy", 3, 8, seed=1, progress=False),
+        tmp_path_factory.mktemp("bench") / "test.nc",
+    )
+
+
+@pytest.fixture(scope="module")
+def fno_dirs(tmp_path_factory):
+    from pdediff.baselines import train_fno_baseline
+
+    train = generate("darcy", 8, 8, seed=2, progress=False)
+    tiny = {"sensors": 10, "steps": 2, "width": 8, "modes": 4, "n_layers": 2, "batch_size": 4}
+    folder = tmp_path_factory.mktemp("fno")
+    return {
+        task: str(train_fno_baseline(train, src, tgt, seed=0, **tiny).save(folder / task))
+        for task, (src, tgt) in {"forward": ("a", "u"), "inverse": ("u", "a")}.items()
+    }
+
+
+def test_solver_table(checkpoint, data, fno_dirs, tmp_path, capsys):
+    solver_table = _script("solver_table")
+    out = tmp_path / "table.json"
+    argv = [
+        "--model", str(checkpoint), "--data", str(data), "--family", "darcy",
+        "--samples", "2", "--dp-samples", "1", "--members", "2", "--sensors", "10", "0.2",
+        "--steps", "2", "--dp-steps", "3", "--protocol-json", '{"joint": {"pde_weight": 1.0}}',
+        "--baseline-options-json", '{"pde-fit": {"max_iter": 5}}',
+        "--fno-forward", fno_dirs["forward"], "--fno-inverse", fno_dirs["inverse"],
+        "--out", str(out),
+    ]  # fmt: skip
+    result = solver_table.main(argv)
+    printed = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert {"command", "machine", "date", "settings", "protocol_overrides", "parts", "rows"} <= set(
+        doc
+    )
+    assert doc["markdown"] == result["markdown"] and doc["markdown"] in printed
+    rows = {(r["sensors"], r["row"]) for r in doc["rows"]}
+    assert rows == {(s, r) for s in ("p10", "f0.2") for r in solver_table.ROWS}
+    assert len(doc["parts"]) == 2 * 2 * 5 and all(p["complete"] for p in doc["parts"].values())
+    for name, part in doc["parts"].items():
+        assert Path(part["table"]).is_file() and Path(part["table"]).stem == name
+        assert Path(part["table"]).parent == tmp_path / "table"
+    parts = doc["parts"]
+    assert parts["forward_p10_pdediff"]["protocol"]["steps"] == 2
+    assert parts["forward_p10_pdediff"]["nfe"] == {"sampler": 3, "total": 4}  # heun: 2*2-1, +1
+    assert parts["inverse_f0.2_diffusionpde"]["protocol"]["steps"] == 3
+    assert parts["inverse_f0.2_diffusionpde"]["samples"] == 1
+    assert parts["forward_p10_joint"]["protocol"]["pde_weight"] == 1.0
+    assert parts["inverse_p10_classical"]["methods"] == ["pde-fit"]
+    assert doc["protocol_overrides"]["diffusionpde"] == {"steps": 3}
+    by_row = {(r["sensors"], r["row"]): r for r in doc["rows"]}
+    fwd, inv = by_row[("p10", "pdediff")]["forward"], by_row[("p10", "pdediff")]["inverse"]
+    assert fwd["field"] == "u" and inv["field"] == "a" and fwd["n"] == 2 and fwd["nfe"] == 4
+    assert inv["error_rate_mean"]["n"] == 2 and inv["coverage90"] is not None
+    assert by_row[("f0.2", "diffusionpde")]["inverse"]["n"] == 1
+    assert by_row[("p10", "fno")]["forward"]["method"] == "fno"
+    assert by_row[("p10", "classical")]["forward"]["method"] == "interp-solve"
+    assert "diffusion (joint)" in printed and "fno" in printed
+
+    # existing tables: refused without --resume; --resume reuses them all
+    with pytest.raises(SystemExit, match="--resume"):
+        solver_table.main(argv)
+    again = solver_table.main([*argv, "--resume"])
+    assert {p["status"] for p in again["parts"].values()} == {"reused"}
+    assert again["rows"] == result["rows"]
+
+
+def test_ablations(checkpoint, data, tmp_path, capsys):
+    ablations = _script("ablations")
+    out = tmp_path / "abl.json"
+    argv = [
+        "--model", str(checkpoint), "--data", str(data), "--samples", "2", "--members", "2",
+        "--steps", "2", "--sensors", "10", "--tasks", "inverse", "--samplers", "euler",
+        "--steps-list", "3", "--fractions", "0.1", "--noise-levels", "0.03",
+        "--members-list", "3", "--out", str(out),
+    ]  # fmt: skip
+    result = ablations.main(argv)
+    printed = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert {"command", "machine", "date", "settings", "studies", "markdown", "field_std"} <= set(
+        doc
+    )
+    studies = doc["studies"]
+    assert list(studies) == ["pde", "steps", "fraction", "noise", "members"]
+    assert [p["label"] for p in studies["pde"]["points"]] == [
+        "joint-obs-only",
+        "joint-obs+pde",
+        "pdediff-solver",
+    ]
+    pde = {p["label"]: p for p in studies["pde"]["points"]}
+    assert pde["joint-obs-only"]["protocol"]["pde_weight"] == 0.0
+    assert pde["joint-obs+pde"]["protocol"]["pde_weight"] > 0
+    (steps,) = studies["steps"]["points"]
+    assert steps["protocol"]["sampler"] == "euler" and steps["nfe"] == {"sampler": 3, "total": 5}
+    (frac,) = studies["fraction"]["points"]
+    assert frac["fraction"] == 0.1 and frac["points"] is None
+    (noise,) = studies["noise"]["points"]
+    assert noise["noise_level"] == 0.03
+    assert noise["noise_std"]["u"] == pytest.approx(0.03 * doc["field_std"]["u"])
+    (members,) = studies["members"]["points"]
+    assert members["members"] == 3 and members["protocol"]["steps"] == 2
+    for points in studies.values():
+        for p in points["points"]:
+            assert p["complete"] and p["n"] == 2 and p["field"] == "a"
+            assert {"rel_l2_mean", "error_rate_mean", "crps", "coverage90", "spread_skill"} <= set(
+                p["scores"]
+            )
+            assert Path(p["table"]).is_file()
+    # the same sensors at every point of a study (seeds (seed, i))
+    tables = [json.loads(Path(p["table"]).read_text()) for p in studies["pde"]["points"]]
+    seeds = [[r["obs_seed"] for r in t["rows"]] for t in tables]
+    assert seeds[0] == seeds[1] == seeds[2]
+    assert result["markdown"]["members"] in printed and "calibration" in printed
+
+    one = ablations.main([*argv[:-2], "--study", "e", "--out", str(tmp_path / "e.json")])
+    assert list(one["studies"]) == ["members"]
