@@ -105,6 +105,7 @@ def run_case(task: str, resolution: int, m: int, train, test, args) -> dict:
         "parameters": sum(p.numel() for p in model.net.parameters()),
         "final_train_loss": round(model.history[-1]["loss"], 4),
         "history": model.history,
+        "_model": model,
         "fno": {k: pct(v) for k, v in fno.items()},
         "training_mean": {k: pct(v) for k, v in ref.items()},
     }
@@ -204,6 +205,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress", action="store_true")
     p.add_argument("--out", default=None)
+    p.add_argument(
+        "--save-models",
+        metavar="DIR",
+        help="save each FNO to DIR/TASK_RES_LABEL (LABEL: p500 for a count, f0.03 for a "
+        "fraction), for benchmarks/solver_table.py --fno-forward DIR/forward_64_{sensors}",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start, rows = time.perf_counter(), []
@@ -216,6 +223,11 @@ def main(argv: list[str] | None = None) -> None:
             m = int(s) if s >= 1 else max(1, round(s * res * res))
             for task in TASKS:
                 rows.append(run_case(task, res, m, train, test, args))
+                if args.save_models:
+                    label = f"p{int(s)}" if s >= 1 else f"f{s:g}"  # solver_table's labels
+                    rows[-1]["model"] = str(Path(args.save_models) / f"{task}_{res}_{label}")
+                    rows[-1].pop("_model").save(rows[-1]["model"])
+                rows[-1].pop("_model", None)
                 fno, ref = headline(rows[-1])
                 print(f"  {task} {res}^2 {m}: FNO {fno:.2f} %, training mean {ref:.2f} % "
                       f"({rows[-1]['train_seconds']:.0f} s)", flush=True)  # fmt: skip

@@ -272,9 +272,8 @@ def parts(args: argparse.Namespace, family: str | None) -> list[dict]:
 def part_kwargs(part: Mapping, args: argparse.Namespace, overrides: Mapping) -> dict:
     options = dict(args.baseline_options)
     if part["row"] == "fno":
-        options["fno"] = {
-            "model": args.fno_forward if part["task"] == "forward" else args.fno_inverse
-        }
+        pattern = args.fno_forward if part["task"] == "forward" else args.fno_inverse
+        options["fno"] = {"model": pattern.format(sensors=part["sensors"])}
     return {
         "task": part["task"],
         **part["draw"],
@@ -382,8 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--noise-std", type=float, default=0.0, help="observation noise (physical)")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
-    p.add_argument("--fno-forward", help="FNO baseline directory of the forward task")
-    p.add_argument("--fno-inverse", help="FNO baseline directory of the inverse task")
+    p.add_argument(
+        "--fno-forward",
+        help="FNO baseline directory of the forward task; '{sensors}' in it is replaced by "
+        "the sensor setting's label (one FNO per setting, as fno_baseline.py --save-models)",
+    )
+    p.add_argument("--fno-inverse", help="the same for the inverse task")
     p.add_argument("--steps", type=int, help="sampler steps of the pdediff and joint presets")
     p.add_argument("--dp-steps", type=int, help="sampler steps of the diffusionpde preset")
     p.add_argument(
