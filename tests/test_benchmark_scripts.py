@@ -142,3 +142,23 @@ def test_ablations(checkpoint, data, tmp_path, capsys):
 
     one = ablations.main([*argv[:-2], "--study", "e", "--out", str(tmp_path / "e.json")])
     assert list(one["studies"]) == ["members"]
+
+
+def test_tune_guidance_writes_the_best_weight_to_the_model(checkpoint, data, tmp_path):
+    import shutil
+
+    from pdediff.solve.api import resolve_protocol
+
+    model = tmp_path / "model"
+    shutil.copytree(checkpoint, model)
+    argv = ["--model", str(model), "--data", str(data), "--samples", "1", "--members", "2"]
+    argv += ["--steps", "2", "--points", "6", "--weights", "1", "5", "--threads", "1"]
+    record = _script("tune_guidance").main([*argv, "--out", str(tmp_path / "tune.json")])
+    for task in ("inverse", "forward"):
+        points = record["sweeps"][task]["points"]
+        assert [p["weight"] for p in points] == [1.0, 5.0]
+        best = min(points, key=lambda p: p["score"])["weight"]
+        assert resolve_protocol(model, "pdediff", task).default_obs_weight == best
+    stored = json.loads((model / "guidance.json").read_text())
+    assert stored["tuning"]["settings"]["samples"] == 1
+    assert json.loads((tmp_path / "tune.json").read_text())["machine"]["cpu_count"] >= 1

@@ -1,0 +1,109 @@
+"""Tune a model's observation-guidance weight per task on validation data; store the best.
+
+For each task and each weight in ``--weights`` the model is evaluated
+(:func:`pdediff.solve.evaluate.evaluate`, the same sensors for every weight) on the first
+``--samples`` samples of ``--data``, which must be validation samples, never the test set
+of the benchmark.  The weight with the lowest score of the inferred field (the Darcy error
+rate of ``a`` for the inverse task, the relative L2 error of ``u`` for the forward task; the
+relative L2 error elsewhere) is written to the model's ``guidance.json``
+(:data:`pdediff.solve.api.GUIDANCE_FILE`) under ``--preset``, with the sweep itself under
+``"tuning"``, so ``pdediff solve`` and ``pdediff demo`` use it.
+
+    python benchmarks/tune_guidance.py --model MODEL --data val64.nc --samples 4 \\
+        --weights 100 300 1000 3000 --out benchmarks/results/tune_guidance_darcy64.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pdediff.io.store import atomic_path
+from pdediff.solve.api import GUIDANCE_FILE, model_guidance
+from pdediff.solve.evaluate import evaluate
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import command_line, save  # noqa: E402
+
+#: The field each task infers; scored by its error rate where there is one.
+TARGET = {"forward": "u", "inverse": "a"}
+
+
+def score(summary: dict, task: str) -> tuple[float, str]:
+    """The number to minimise and its name."""
+    entry = summary["diffusion"][TARGET[task]]
+    key = "error_rate_mean" if "error_rate_mean" in entry else "rel_l2_mean"
+    return float(entry[key]["mean"]), f"{key} of {TARGET[task]}"
+
+
+def sweep(args: argparse.Namespace, task: str) -> dict:
+    points = []
+    for w in args.weights:
+        t0 = time.perf_counter()
+        ev = evaluate(
+            args.model,
+            args.data,
+            task=task,
+            points=args.points,
+            members=args.members,
+            preset=args.preset,
+            protocol={"default_obs_weight": w, "steps": args.steps},
+            samples=args.samples,
+            seed=args.seed,
+            progress=False,
+        )
+        value, name = score(ev.summary(), task)
+        points.append({"weight": w, "score": value, "metric": name, "seconds": 0.0})
+        points[-1]["seconds"] = round(time.perf_counter() - t0, 1)
+        print(f"{task:8s} weight {w:>10g}: {name} {100 * value:6.2f} %", flush=True)
+    best = min(points, key=lambda p: p["score"])
+    return {"points": points, "best": best}
+
+
+def write_guidance(model: Path, preset: str, best: dict[str, dict], record: dict) -> Path:
+    path = model / GUIDANCE_FILE
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    for task, b in best.items():
+        current = model_guidance(model, preset, task)
+        stored.setdefault(preset, {})[task] = {**current, "default_obs_weight": b["weight"]}
+    stored["tuning"] = record
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(stored, indent=1) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, help="validation fields (not the test set)")
+    p.add_argument("--tasks", nargs="+", default=["inverse", "forward"])
+    p.add_argument("--weights", type=float, nargs="+", default=[100, 300, 1000, 3000])
+    p.add_argument("--preset", default="pdediff")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (preset's default)")
+    p.add_argument("--points", type=int, default=500)
+    p.add_argument("--members", type=int, default=8)
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--seed", type=int, default=100)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dry-run", action="store_true", help="do not write guidance.json")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sweeps = {task: sweep(args, task) for task in args.tasks}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    record = {"command": command_line(), "settings": settings, "sweeps": sweeps}
+    if not args.dry_run:
+        best = {task: s["best"] for task, s in sweeps.items()}
+        path = write_guidance(args.model, args.preset, best, record)
+        print(f"wrote {path}: " + ", ".join(f"{t} {b['weight']:g}" for t, b in best.items()))
+    save(record, args.out)
+    return record
+
+
+if __name__ == "__main__":
+    main()
