@@ -362,7 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the training command, when the checkpoint did not record it",
     )
     x.add_argument("--data-recipe", help="how the training data were made (a command)")
-    x.add_argument("--metrics", help="evaluation table (pdediff evaluate --out TABLE.json)")
+    x.add_argument(
+        "--metrics",
+        action="append",
+        help="evaluation table (pdediff evaluate --out TABLE.json); repeatable",
+    )
     x.add_argument("--overwrite", action="store_true", help="replace an exported model")
     x.set_defaults(func=cmd_export)
 

@@ -163,10 +163,11 @@ def test_card_with_command_recipe_and_metrics(checkpoint, tmp_path):
     assert "| method | field | n | rel_l2_mean | crps |" in text
     assert "| diffusion | u | 4 | 0.01230 ± 0.004 | 0.5000 ± 0.1 |" in text
     assert "samples done: 4 of 4" in text and f"file: {table}" in text
-    assert "rows" not in facts["metrics"] and facts["metrics"]["summary"] == EVALUATION["summary"]
+    (evaluation,) = facts["metrics"]
+    assert "rows" not in evaluation and evaluation["summary"] == EVALUATION["summary"]
 
     same = export_model(checkpoint, tmp_path / "m2", name="m2", metrics=EVALUATION)
-    assert card(same)[0]["metrics"]["summary"] == EVALUATION["summary"]
+    assert card(same)[0]["metrics"][0]["summary"] == EVALUATION["summary"]
 
     with pytest.raises(PdediffError, match="not an evaluation table"):
         export_model(checkpoint, tmp_path / "m3", name="m3", metrics={"rows": []})
@@ -260,3 +261,25 @@ def test_shipped_model_errors_and_lookup(exported, tmp_path, monkeypatch):
     shutil.copytree(exported, tmp_path / "tiny")
     assert models.shipped_model("tiny") == tmp_path / "tiny"
     load_checkpoint(models.shipped_model("tiny"))
+
+
+def test_export_carries_tuned_guidance_and_several_evaluations(checkpoint, tmp_path):
+    import shutil
+
+    src = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, src)
+    tuned = {
+        "pdediff": {"inverse": {"default_obs_weight": 300.0}},
+        "tuning": {
+            "command": "python benchmarks/tune_guidance.py ...",
+            "sweeps": {"inverse": {"points": [{"weight": 300.0, "score": 0.05, "metric": "err"}]}},
+        },
+    }
+    (src / "guidance.json").write_text(json.dumps(tuned))
+    inverse = {**EVALUATION, "task": "inverse"}
+    out = export_model(src, tmp_path / "m", name="m", metrics=[EVALUATION, inverse])
+    assert json.loads((out / "guidance.json").read_text()) == tuned
+    facts, text = card(out)
+    assert [m.get("task") for m in facts["metrics"]] == [EVALUATION.get("task"), "inverse"]
+    assert text.count("## Evaluation") == 2
+    assert 'task inverse: {"default_obs_weight": 300.0}' in text and "300: 5.00 %" in text

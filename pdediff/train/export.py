@@ -56,8 +56,9 @@ __all__ = [
 
 CARD_FORMAT = "pdediff-model-card"
 CARD_VERSION = 1
-#: Files copied unchanged from the checkpoint (``log.jsonl`` only when present).
-COPIED = ("config.json", "fieldspec.json", "ema.safetensors", "log.jsonl")
+#: Files copied unchanged from the checkpoint (``log.jsonl`` and ``guidance.json``, the
+#: tuned guidance weights of :mod:`pdediff.solve.api`, only when present).
+COPIED = ("config.json", "fieldspec.json", "ema.safetensors", "log.jsonl", "guidance.json")
 #: The final loss is the mean over this many last lines of ``log.jsonl``.
 FINAL_LOSS_LINES = 5
 #: Keys of a ``pdediff evaluate`` document left out of the card (bulky, per sample).
@@ -73,7 +74,7 @@ def export_model(
     name: str,
     command: str | None = None,
     data_recipe: str | None = None,
-    metrics: Mapping[str, Any] | str | os.PathLike | None = None,
+    metrics: Any = None,
     overwrite: bool = False,
 ) -> Path:
     """Write the slim, sampling-only copy of a checkpoint with its model card.
@@ -93,8 +94,9 @@ def export_model(
         How the training data were made, e.g. the ``pdediff generate ...`` command;
         default: the data's source, size and fingerprint from ``state.json``.
     metrics
-        The document written by ``pdediff evaluate`` (a mapping, or the path of its JSON);
-        its ``"summary"`` becomes the card's metrics table.  None: no evaluation recorded.
+        The document written by ``pdediff evaluate`` (a mapping, or the path of its JSON),
+        or a list of them (e.g. the inverse and the forward task); each ``"summary"``
+        becomes a metrics table of the card.  None: no evaluation recorded.
     overwrite
         Replace ``out`` if it is an exported model already.
 
@@ -116,7 +118,8 @@ def export_model(
     out = Path(out)
     _check_name(name)
     _check_out(ckpt.path, out, overwrite)
-    evaluation = read_evaluation(metrics)
+    many = metrics is not None and not isinstance(metrics, (Mapping, str, os.PathLike))
+    evaluation = [read_evaluation(m) for m in metrics] if many else read_evaluation(metrics)
     # loading checks that the shipped weights fit the architecture; it also counts them
     parameters = sum(p.numel() for p in ckpt.denoiser(ema=True).parameters())
     card = build_card(
@@ -211,7 +214,7 @@ def build_card(
     name: str,
     command: str | None = None,
     data_recipe: str | None = None,
-    metrics: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | list[Mapping[str, Any]] | None = None,
     parameters: int | None = None,
 ) -> dict[str, Any]:
     """The facts of a model card, as a JSON-ready dict (``card.json``).
@@ -244,8 +247,26 @@ def build_card(
         "fields": _fields(ckpt),
         "training": _training(ckpt, command),
         "data": _data(ckpt, data_recipe),
-        "metrics": None if metrics is None else dict(metrics),
+        "metrics": _metrics_list(metrics),
+        "guidance": _guidance(ckpt),
     }
+
+
+def _metrics_list(metrics: Any) -> list[dict[str, Any]] | None:
+    if metrics is None:
+        return None
+    return [dict(m) for m in metrics] if not isinstance(metrics, Mapping) else [dict(metrics)]
+
+
+def _guidance(ckpt: Checkpoint) -> dict[str, Any] | None:
+    """The tuned guidance weights (``guidance.json``), if the checkpoint has them."""
+    path = ckpt.path / "guidance.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PdediffError(f"{path} is not valid JSON: {e}") from None
 
 
 def _fields(ckpt: Checkpoint) -> dict[str, Any]:
@@ -359,7 +380,8 @@ def render_card(card: Mapping[str, Any]) -> str:
         _md_fields(card["fields"]),
         _md_training(card["training"]),
         _md_data(card["data"]),
-        _md_metrics(card["metrics"]),
+        _md_guidance(card.get("guidance")),
+        *_md_all_metrics(card["metrics"]),
         _md_footer(),
     ]
     return "\n\n".join(s.strip("\n") for s in sections) + "\n"
@@ -525,6 +547,31 @@ def _md_data(d: Mapping[str, Any]) -> str:
 - Training file: {d["source"] or _NOT_RECORDED}; {_num(d["samples"])} samples
 - Fingerprint of the training tensor (SHA-256, first 16 hex digits): {d["sha256"] or "?"}
 - History of the file: {d["history"] or _NOT_RECORDED}"""
+
+
+def _md_all_metrics(metrics: list[Mapping[str, Any]] | None) -> list[str]:
+    return [_md_metrics(None)] if not metrics else [_md_metrics(m) for m in metrics]
+
+
+def _md_guidance(g: Mapping[str, Any] | None) -> str:
+    if not g:
+        return "## Guidance weights\n\nNone tuned: the presets' defaults are used."
+    lines = [
+        f"- preset `{preset}`, task {task}: {json.dumps(overrides)}"
+        for preset, tasks in g.items()
+        if preset != "tuning"
+        for task, overrides in tasks.items()
+    ]
+    tuning = g.get("tuning") or {}
+    if tuning.get("command"):
+        lines.append(f"- tuned by: `{tuning['command']}`")
+    for task, sweep in (tuning.get("sweeps") or {}).items():
+        pts = ", ".join(f"{p['weight']:g}: {100 * p['score']:.2f} %" for p in sweep["points"])
+        metric = sweep["points"][0]["metric"] if sweep["points"] else ""
+        lines.append(f"- {task} sweep ({metric}, validation data): {pts}")
+    return "## Guidance weights\n\nStored in guidance.json, used by `pdediff solve`:\n\n" + (
+        "\n".join(lines)
+    )
 
 
 def _md_metrics(m: Mapping[str, Any] | None) -> str:
