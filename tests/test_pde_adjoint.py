@@ -54,3 +54,10 @@ def test_solve_torch_bad_input():
         solve_torch(get_family("darcy"), torch.ones(1, 9, 9), grid)
     with pytest.raises(PDEError, match="must be positive"):
         solve_torch(get_family("darcy"), -torch.ones(1, 8, 8), grid)
+
+
+def test_solve_torch_refuses_non_finite_input():
+    fam = get_family("poisson")
+    grid = fam.make_grid(8, {})
+    with pytest.raises(FloatingPointError, match="non-finite coefficient reached the poisson"):
+        solve_torch(fam, torch.full((1, 8, 8), float("nan")), grid)

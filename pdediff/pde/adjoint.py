@@ -114,6 +114,9 @@ class _Solve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: torch.Tensor, fam: PDEFamily, grid: Grid, p: Mapping[str, float]):
         arrays = a.detach().to("cpu", torch.float64).numpy()
+        if not np.isfinite(arrays).all():
+            # FloatingPointError, as a sampler that blew up: the caller says what to lower
+            raise FloatingPointError(f"non-finite coefficient reached the {fam.name} solver")
         states = [state(fam, ai, grid, p) for ai in arrays]
         ctx.fam, ctx.grid, ctx.states = fam, grid, states
         u = np.stack([s[0] for s in states])
