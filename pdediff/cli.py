@@ -1,5 +1,5 @@
-"""The ``pdediff`` command line: generate, inspect, import, plot, train, export, solve,
-evaluate, demo.
+"""The ``pdediff`` command line: generate, inspect, import, plot, train, export, finetune,
+solve, sds, evaluate, demo.
 
 Every user-facing error (bad value, missing file or key, existing output) is printed as one
 line naming what is wrong, with exit status 2 and no partial output.
@@ -171,6 +171,46 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {out}: model {args.name!r} ({size:.1f} MB) with MODEL_CARD.md and card.json")
 
 
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from pdediff.adapters import finetune
+
+    if args.full and args.lora_rank is not None:
+        raise PdediffError("give --lora-rank (LoRA) or --full (all weights), not both")
+    if args.full and args.alpha is not None:
+        raise PdediffError("--alpha is a LoRA setting; it does nothing with --full")
+    try:
+        result = finetune(
+            args.base,
+            args.data,
+            args.out,
+            method="full" if args.full else "lora",
+            rank=4 if args.lora_rank is None else args.lora_rank,
+            alpha=args.alpha,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            prior_weight=args.prior_weight,
+            prior_samples=args.prior_samples,
+            prior_steps=args.prior_steps,
+            save_every=args.save_every,
+            seed=args.seed,
+            device=args.device,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            command="pdediff " + shlex.join(args.argv),
+        )
+    except KeyboardInterrupt:
+        saved = f"the last save is in {args.out}" if args.save_every else "no output was written"
+        print(f"pdediff finetune: interrupted; {saved}", file=sys.stderr)
+        raise SystemExit(130) from None
+    prior = f", prior loss {result.prior_loss:.4g}" if args.prior_weight > 0 else ""
+    print(
+        f"wrote {result.path} ({result.method}, {result.trainable_parameters} of "
+        f"{result.total_parameters} parameters trained): loss {result.loss:.4g}{prior} "
+        f"({result.seconds:.1f} s)"
+    )
+
+
 def cmd_solve(args: argparse.Namespace) -> None:
     from pdediff.io.store import atomic_path, output_format, write_fields
     from pdediff.solve import solve
@@ -203,6 +243,38 @@ def cmd_solve(args: argparse.Namespace) -> None:
         with atomic_path(args.plot, args.overwrite) as tmp:
             plot_posterior(ds, tmp)
         print(f"figure -> {args.plot}")
+
+
+def cmd_sds(args: argparse.Namespace) -> None:
+    from pdediff.io.store import output_format, write_fields
+    from pdediff.sds import sds_solve
+
+    output_format(args.output)
+    if Path(args.output).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    ds = sds_solve(
+        args.model,
+        args.obs,
+        renderer=args.renderer,
+        steps=args.steps,
+        lr=args.lr,
+        obs_weight=args.obs_weight,
+        sigma_min=args.sigma_min,
+        sigma_max=args.sigma_max,
+        weighting=args.weighting,
+        schedule=args.schedule,
+        ellipses=args.ellipses,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    write_fields(ds, args.output, overwrite=args.overwrite)
+    misfit = ", ".join(
+        f"{k[len('obs_rmse_') :]} {v:.3g}" for k, v in ds.attrs.items() if k.startswith("obs_rmse_")
+    )
+    print(
+        f"wrote {args.output}: {args.renderer}, {args.steps} steps, {ds.attrs['run_time_s']} s"
+        + (f"; observation RMSE {misfit}" if misfit else "")
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -370,6 +442,32 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--overwrite", action="store_true", help="replace an exported model")
     x.set_defaults(func=cmd_export)
 
+    f = sub.add_parser("finetune", help="few-shot fine-tuning: LoRA adapter or all weights")
+    f.add_argument("--base", required=True, help="base checkpoint (pdediff train or export)")
+    f.add_argument("--data", required=True, help="the few new samples (.nc or .zarr)")
+    f.add_argument(
+        "--out",
+        required=True,
+        help="ADAPTER.safetensors (+ .json); with --full a checkpoint directory",
+    )
+    f.add_argument("--lora-rank", type=int, help="rank of the LoRA adapters (default 4)")
+    f.add_argument("--alpha", type=float, help="LoRA scale numerator (default: the rank)")
+    f.add_argument("--full", action="store_true", help="train every weight, write a checkpoint")
+    f.add_argument(
+        "--prior-weight", type=float, default=0.0, help="prior-preservation weight (0: off)"
+    )
+    f.add_argument("--prior-samples", type=int, default=64, help="samples drawn from the base")
+    f.add_argument("--prior-steps", type=int, default=18, help="Heun steps per prior sample")
+    f.add_argument("--steps", type=int, default=200, help="optimisation steps")
+    f.add_argument("--batch-size", type=int, default=8, help="new samples per step")
+    f.add_argument("--lr", type=float, help="learning rate (default 1e-3 LoRA, 1e-4 full)")
+    f.add_argument("--save-every", type=int, help="also write the output every N steps")
+    f.add_argument("--seed", type=int, default=0, help="seed of adapters, batches and noise")
+    f.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+    f.set_defaults(func=cmd_finetune)
+
     s = sub.add_parser("solve", help="posterior ensemble of a trained model given observations")
     s.add_argument("--model", required=True, help="checkpoint directory (pdediff train)")
     s.add_argument("--obs", required=True, help="observations (.nc, .zarr or .csv)")
@@ -392,6 +490,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_solve)
+
+    sd = sub.add_parser(
+        "sds", help="fit a renderer (neural field, ellipses, physics) by score distillation"
+    )
+    sd.add_argument("--model", required=True, help="checkpoint directory (pdediff train)")
+    sd.add_argument("--obs", required=True, help="observations (.nc, .zarr or .csv)")
+    sd.add_argument(
+        "--renderer",
+        default="physics-ellipses",
+        choices=["neural-field", "ellipses", "physics-ellipses", "physics-neural-field"],
+        help="what is optimised; physics-* solve u from a (Darcy, Poisson, Helmholtz)",
+    )
+    sd.add_argument("--steps", type=int, default=200, help="Adam steps")
+    sd.add_argument("--lr", type=float, default=2e-2, help="Adam learning rate")
+    sd.add_argument(
+        "--obs-weight", type=float, default=10.0, help="weight of the squared observation misfit"
+    )
+    sd.add_argument("--sigma-min", type=float, default=0.02, help="smallest noise level")
+    sd.add_argument("--sigma-max", type=float, default=3.0, help="largest noise level")
+    sd.add_argument("--weighting", default="sigma2", choices=["sigma2", "sigma", "uniform"])
+    sd.add_argument("--schedule", default="log-uniform", choices=["log-uniform", "anneal"])
+    sd.add_argument("--ellipses", type=int, default=4, help="ellipses of the ellipse renderers")
+    sd.add_argument("--seed", type=int, default=0, help="seed of the renderer and the noise")
+    sd.add_argument("-o", "--out", "--output", dest="output", required=True, help="RESULT.nc")
+    sd.add_argument("--overwrite", action="store_true")
+    sd.add_argument("--quiet", action="store_true")
+    sd.set_defaults(func=cmd_sds)
 
     ev = sub.add_parser("evaluate", help="score a model and baselines on a test set")
     ev.add_argument("--model", required=True, help="checkpoint directory (pdediff train)")

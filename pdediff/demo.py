@@ -23,6 +23,7 @@ import numpy as np
 import xarray as xr
 
 from pdediff.generate import generate
+from pdediff.io.conventions import attrs_params
 from pdediff.io.fieldspec import FieldSpec
 from pdediff.io.observations import Observations, observations_from_truth
 from pdediff.io.store import atomic_path, write_fields
@@ -36,7 +37,7 @@ TASKS = {"inverse": ("u", "a", "pde-fit"), "forward": ("a", "u", "interp-solve")
 
 def _truth(spec: FieldSpec, seed: int) -> xr.Dataset:
     """One fresh sample of the model's family on the model's grid (reference solver)."""
-    params = {k[len("param_") :]: v for k, v in spec.attrs.items() if k.startswith("param_")}
+    params = attrs_params(spec.attrs)
     ds = generate(str(spec.attrs["pde"]), 1, spec.shape[-1], params=params, seed=seed)
     spec.check_compatible(ds)
     return ds
@@ -105,7 +106,7 @@ def run_demo(
         raise ValueError(f"the demo needs a Darcy model; {model} is {spec.attrs.get('pde')!r}")
     out.mkdir(parents=True, exist_ok=True)
     truth = _truth(spec, seed)
-    params = {k[len("param_") :]: v for k, v in truth.attrs.items() if k.startswith("param_")}
+    params = attrs_params(truth.attrs)
     levels = (params["a_low"], params["a_high"])
     obs, _ = observations_from_truth(truth, ["a", "u"], count=points, seed=seed)
     print(f"model {model}: {spec.attrs.get('pde')} at {'x'.join(map(str, spec.shape))}")

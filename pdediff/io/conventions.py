@@ -10,7 +10,7 @@ variables carry ``long_name`` and ``units``; global attributes give ``Convention
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import xarray as xr
@@ -99,9 +99,14 @@ def make_dataset(
 
 def dataset_params(ds: xr.Dataset) -> dict[str, float]:
     """The PDE parameters stored in ``param_<name>`` attributes."""
-    return {
-        k[len(PARAM_PREFIX) :]: float(v) for k, v in ds.attrs.items() if k.startswith(PARAM_PREFIX)
-    }
+    return attrs_params(ds.attrs)
+
+
+def attrs_params(attrs: Mapping, known: Iterable[str] | None = None) -> dict[str, float]:
+    """The ``param_<name>`` entries of ``attrs`` (a Dataset's or a ``FieldSpec``'s) as
+    ``{name: float}``; only the names in ``known`` (e.g. a family's defaults) if given."""
+    found = {k[len(PARAM_PREFIX) :]: v for k, v in attrs.items() if k.startswith(PARAM_PREFIX)}
+    return {k: float(v) for k, v in found.items() if known is None or k in known}
 
 
 def field_dims(ds: xr.Dataset, variables: tuple[str, ...] | None = None) -> tuple[str, ...]:

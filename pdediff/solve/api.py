@@ -20,7 +20,7 @@ import numpy as np
 import xarray as xr
 
 from pdediff.errors import PdediffError
-from pdediff.io.conventions import history_line
+from pdediff.io.conventions import attrs_params, history_line
 from pdediff.io.fieldspec import FieldSpec
 from pdediff.io.observations import Observations, build_operator, read_observations
 from pdediff.pde.registry import FAMILIES
@@ -172,8 +172,7 @@ def solve(
     obs = select_task(observations, spec, task)
     model = build_operator(obs, spec, normalised=True)
     family = FAMILIES.get(str(spec.attrs.get("pde")))
-    params = {k[len("param_") :]: v for k, v in spec.attrs.items() if k.startswith("param_")}
-    params = {k: v for k, v in params.items() if family is not None and k in family.defaults}
+    params = attrs_params(spec.attrs, family.defaults if family is not None else ())
     t0 = time.perf_counter()
     with tqdm(
         total=proto.steps, desc=f"{task} posterior", unit="step", disable=not progress

@@ -39,7 +39,7 @@ import xarray as xr
 
 from pdediff import __version__
 from pdediff.errors import DataError, PdediffError
-from pdediff.io.conventions import PARAM_PREFIX, SAMPLE_DIM, dataset_params
+from pdediff.io.conventions import SAMPLE_DIM, attrs_params, dataset_params
 from pdediff.io.fieldspec import FieldSpec
 from pdediff.io.observations import FieldObservations, Observations, observations_from_truth
 from pdediff.io.store import atomic_path, open_fields
@@ -170,9 +170,7 @@ def _check_data(ds: xr.Dataset, spec: FieldSpec, where: str) -> None:
             f"test set {where} holds {data_pde!r} data but the model was trained on "
             f"{model_pde!r} data"
         )
-    model_p = {
-        k[len(PARAM_PREFIX) :]: v for k, v in spec.attrs.items() if k.startswith(PARAM_PREFIX)
-    }
+    model_p = attrs_params(spec.attrs)
     data_p = dataset_params(ds)
     differ = {
         k: (float(model_p[k]), data_p[k])

@@ -37,7 +37,7 @@ from typing import Any
 
 from pdediff import __version__
 from pdediff.errors import PdediffError
-from pdediff.io.conventions import PARAM_PREFIX
+from pdediff.io.conventions import attrs_params
 from pdediff.train.checkpoint import (
     EXPORTED_KEY,
     Checkpoint,
@@ -282,9 +282,7 @@ def _fields(ckpt: Checkpoint) -> dict[str, Any]:
         }
         for v, mean, std in zip(spec.variables, spec.mean, spec.std, strict=True)
     ]
-    params = {
-        k[len(PARAM_PREFIX) :]: v for k, v in spec.attrs.items() if k.startswith(PARAM_PREFIX)
-    }
+    params = attrs_params(spec.attrs)
     return {
         "pde": spec.attrs.get("pde"),
         "params": params,
