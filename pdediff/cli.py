@@ -8,13 +8,16 @@ line naming what is wrong, with exit status 2 and no partial output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
-from pdediff.errors import PdediffError
+from pdediff.errors import PdediffError, PdediffWarning
 
 
 def _params(pairs: list[str] | None, flag: str = "--param") -> dict[str, float]:
@@ -27,6 +30,20 @@ def _params(pairs: list[str] | None, flag: str = "--param") -> dict[str, float]:
             out[name.strip()] = float(value)
         except ValueError:
             raise PdediffError(f"{flag} expects NAME=NUMBER, got {pair!r}") from None
+    return out
+
+
+def _ranges(pairs: list[str] | None) -> dict[str, tuple[float, float]]:
+    out = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        low, colon, high = value.partition(":")
+        try:
+            if not (sep and colon and name.strip()):
+                raise ValueError
+            out[name.strip()] = (float(low), float(high))
+        except ValueError:
+            raise PdediffError(f"--param-range expects NAME=LOW:HIGH, got {pair!r}") from None
     return out
 
 
@@ -53,7 +70,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     output_format(args.output)  # fail on a bad suffix before any work
     if Path(args.output).exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
-    params = {**recipe.get("params", {}), **_params(args.param)}
+    # a flag beats the recipe, whether it gives a value or a range
+    flag_params, flag_ranges = _params(args.param), _ranges(args.param_range)
+    recipe_params, recipe_ranges = recipe.get("params", {}), recipe.get("param_ranges", {})
+    params = {k: v for k, v in recipe_params.items() if k not in flag_ranges} | flag_params
+    ranges = {k: v for k, v in recipe_ranges.items() if k not in flag_params} | flag_ranges
     n = args.n if args.n is not None else recipe.get("n", 16)
     res = args.resolution if args.resolution is not None else recipe.get("resolution", 64)
     seed = args.seed if args.seed is not None else recipe.get("seed", 0)
@@ -67,6 +88,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         workers=args.workers,
         scheduler=args.scheduler,
         progress=not args.quiet,
+        param_ranges=ranges,
     )
     write_fields(ds, args.output, overwrite=args.overwrite)
     dt = time.perf_counter() - t0
@@ -123,7 +145,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.resume and args.overwrite:
         raise PdediffError("give --resume or --overwrite, not both")
     config = load_config(args.config) if args.config else None
-    overrides = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed}
+    overrides = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "condition": [c.strip() for c in args.condition.split(",")] if args.condition else None,
+        "p_uncond": args.p_uncond,
+    }
     if any(v is not None for v in overrides.values()):
         if config is None and args.resume and Path(args.out, "state.json").is_file():
             from pdediff.train import read_checkpoint
@@ -223,6 +251,7 @@ def cmd_solve(args: argparse.Namespace) -> None:
         "sampler": args.sampler,
         "pde_weight": args.pde_weight,
         "obs_weight": _params(args.obs_weight, "--obs-weight") or None,
+        "cfg_weight": args.cfg_weight,
     }
     ds = solve(
         args.model,
@@ -234,6 +263,7 @@ def cmd_solve(args: argparse.Namespace) -> None:
         use_pde=not args.no_pde,
         seed=args.seed,
         progress=not args.quiet,
+        condition=_params(args.condition, "--condition") or None,
     )
     write_fields(ds, args.output, overwrite=args.overwrite)
     print(f"wrote {args.output}: {args.members} members, {ds.attrs['run_time_s']} s")
@@ -333,6 +363,110 @@ def cmd_demo(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_train_autoencoder(args: argparse.Namespace) -> None:
+    from pdediff.latent import train_autoencoder
+
+    try:
+        result = train_autoencoder(
+            args.data,
+            args.out,
+            downsample=args.downsample,
+            latent_channels=args.latent_channels,
+            kl_weight=args.kl_weight,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            base_channels=args.base_channels,
+            loss=args.loss,
+            save_every=args.save_every,
+            overwrite=args.overwrite,
+            device=args.device,
+            progress=not args.quiet,
+            command="pdediff " + shlex.join(args.argv),
+        )
+    except KeyboardInterrupt:
+        print(
+            f"pdediff train-autoencoder: interrupted; the last save (every {args.save_every} "
+            f"steps) is in {args.out}, if any",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+    errors = ", ".join(f"{f} {e:.3g}" for f, e in result.reconstruction.items())
+    print(
+        f"wrote {result.path}: x{args.downsample} latents with {args.latent_channels} "
+        f"channels, scale factor {result.scale_factor:.4g}, {result.steps} steps, loss "
+        f"{result.loss:.4g} ({result.seconds:.1f} s)"
+    )
+    print(f"held-out relative L2: {errors}")
+    r = result.residual
+    if r:
+        print(
+            f"{r['pde']} residual (relative): originals {r['original']:.3g}, "
+            f"reconstructions {r['reconstructed']:.3g}"
+        )
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    from pdediff.io.store import open_fields, output_format, write_fields
+    from pdediff.latent import encode_dataset, load_autoencoder
+
+    output_format(args.output)
+    if Path(args.output).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    ae = load_autoencoder(args.autoencoder)
+    z = encode_dataset(ae, open_fields(args.data), sample=args.sample, seed=args.seed)
+    write_fields(z, args.output, overwrite=args.overwrite)
+    grid = "x".join(str(n) for n in ae.latent_shape)
+    print(
+        f"wrote {args.output}: {z.sizes['sample']} samples, {ae.latent_channels} latent "
+        f"channels on a {grid} grid; train a latent model with "
+        f"`pdediff train --data {args.output} --out LDM`"
+    )
+
+
+def _latent_obs_weight(values: list[str] | None) -> float | dict[str, float] | None:
+    """``--obs-weight W`` (every field) or repeated ``--obs-weight FIELD=W``."""
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        try:
+            return float(values[0])
+        except ValueError:
+            raise PdediffError(f"--obs-weight expects W or FIELD=W, got {values[0]!r}") from None
+    return _params(values, "--obs-weight")
+
+
+def cmd_solve_latent(args: argparse.Namespace) -> None:
+    from pdediff.io.store import output_format, write_fields
+    from pdediff.latent import latent_solve
+
+    output_format(args.output)
+    if Path(args.output).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    weight = _latent_obs_weight(args.obs_weight)
+    ds = latent_solve(
+        args.model,
+        args.autoencoder,
+        args.obs,
+        task=args.task,
+        members=args.members,
+        steps=args.steps,
+        pde_weight=args.pde_weight,
+        seed=args.seed,
+        progress=not args.quiet,
+        **({"obs_weight": weight} if weight is not None else {}),
+    )
+    write_fields(ds, args.output, overwrite=args.overwrite)
+    misfit = ", ".join(
+        f"{k[len('obs_rmse_') :]} {v:.3g}" for k, v in ds.attrs.items() if k.startswith("obs_rmse_")
+    )
+    print(
+        f"wrote {args.output}: {args.members} members, {ds.attrs['run_time_s']} s; "
+        f"observation RMSE {misfit}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pdediff import __version__
 
@@ -355,6 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME=VALUE",
         help="override a PDE parameter (repeatable), e.g. --param tau=4",
+    )
+    g.add_argument(
+        "--param-range",
+        action="append",
+        metavar="NAME=LOW:HIGH",
+        help="draw a PDE parameter uniformly per sample (repeatable), e.g. --param-range k=1:4; "
+        "stored as the variable NAME",
     )
     g.add_argument("--workers", type=int, default=1, help="local Dask worker processes")
     g.add_argument("--scheduler", help="address of a running dask.distributed scheduler")
@@ -417,6 +558,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="total optimisation steps")
     t.add_argument("--batch-size", type=int, help="samples per step over all processes")
     t.add_argument("--seed", type=int, help="seed of weights, batches and noise")
+    t.add_argument(
+        "--condition",
+        metavar="NAME[,NAME]",
+        help="condition the model on per-sample variables of the data, e.g. k (from "
+        "generate --param-range)",
+    )
+    t.add_argument(
+        "--p-uncond",
+        type=float,
+        help="probability of dropping the condition, for classifier-free guidance (default 0.1)",
+    )
     t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     t.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0")
@@ -484,6 +636,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--pde-weight", type=float, help="PDE residual guidance weight")
     s.add_argument("--no-pde", action="store_true", help="observations only")
+    s.add_argument(
+        "--condition",
+        action="append",
+        metavar="NAME=VALUE",
+        help="condition of a conditioned model (repeatable), e.g. --condition k=4",
+    )
+    s.add_argument(
+        "--cfg-weight",
+        type=float,
+        help="classifier-free guidance weight of a conditioned model (default 0: conditional)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-o", "--output", required=True, help="POSTERIOR.nc or .zarr")
     s.add_argument("--plot", help="figure: truth-free summary (mean, std, observations)")
@@ -563,14 +726,80 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--members", type=int, default=8, help="ensemble size")
     d.add_argument("--steps", type=int, help="sampler steps (default: the model's)")
     d.set_defaults(func=cmd_demo)
+
+    ta = sub.add_parser("train-autoencoder", help="train a field autoencoder for latent diffusion")
+    ta.add_argument("--data", required=True, help="training fields (.nc or .zarr)")
+    ta.add_argument("--out", required=True, help="autoencoder directory")
+    ta.add_argument("--downsample", type=int, default=4, help="grid reduction per dim: 2-16")
+    ta.add_argument("--latent-channels", type=int, default=4, help="channels of the latents")
+    ta.add_argument("--base-channels", type=int, default=32, help="width of the finest level")
+    ta.add_argument("--kl-weight", type=float, default=1e-6, help="KL weight (SD: 1e-6)")
+    ta.add_argument("--loss", default="l1", choices=["l1", "l2"], help="reconstruction loss")
+    ta.add_argument("--steps", type=int, default=2000, help="optimisation steps")
+    ta.add_argument("--batch-size", type=int, default=16, help="samples per step")
+    ta.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate")
+    ta.add_argument("--save-every", type=int, default=500, help="also write every N steps")
+    ta.add_argument("--seed", type=int, default=0, help="seed of weights, batches, noise")
+    ta.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0")
+    ta.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    ta.add_argument("--quiet", action="store_true", help="no progress bar")
+    ta.set_defaults(func=cmd_train_autoencoder)
+
+    en = sub.add_parser("encode", help="latents of a field file, to train a latent model on")
+    en.add_argument("--autoencoder", required=True, help="autoencoder directory")
+    en.add_argument("--data", required=True, help="fields (.nc or .zarr)")
+    en.add_argument("-o", "--output", required=True, help="LATENTS.nc or .zarr")
+    en.add_argument("--sample", action="store_true", help="draw z ~ q(z|x), not its mean")
+    en.add_argument("--seed", type=int, default=0, help="seed of the draws with --sample")
+    en.add_argument("--overwrite", action="store_true")
+    en.set_defaults(func=cmd_encode)
+
+    sl = sub.add_parser(
+        "solve-latent", help="posterior ensemble of a latent diffusion model given observations"
+    )
+    sl.add_argument("--model", required=True, help="latent model (pdediff train on latents)")
+    sl.add_argument("--autoencoder", required=True, help="autoencoder directory")
+    sl.add_argument("--obs", required=True, help="observations (.nc, .zarr or .csv)")
+    sl.add_argument("--task", default="inverse", choices=["forward", "inverse", "joint"])
+    sl.add_argument("--members", type=int, default=8, help="ensemble size")
+    sl.add_argument("--steps", type=int, default=32, help="Heun steps")
+    sl.add_argument(
+        "--obs-weight",
+        action="append",
+        metavar="W|FIELD=W",
+        help="observation guidance weight: one for all fields, or per field (repeatable)",
+    )
+    sl.add_argument("--pde-weight", type=float, default=0.0, help="PDE residual weight")
+    sl.add_argument("--seed", type=int, default=0)
+    sl.add_argument("-o", "--output", required=True, help="POSTERIOR.nc or .zarr")
+    sl.add_argument("--overwrite", action="store_true")
+    sl.add_argument("--quiet", action="store_true")
+    sl.set_defaults(func=cmd_solve_latent)
     return p
+
+
+@contextlib.contextmanager
+def _plain_warnings(command: str) -> Iterator[None]:
+    """Print pdediff's own warnings as one line, like its errors (no file and source line)."""
+    with warnings.catch_warnings():
+        default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, PdediffWarning):
+                print(f"pdediff {command}: warning: {message}", file=sys.stderr)
+            else:
+                default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args.func(args)
+        with _plain_warnings(args.command):
+            args.func(args)
     except (PdediffError, FileExistsError, FileNotFoundError, FloatingPointError) as e:
         print(f"pdediff {args.command}: error: {e}", file=sys.stderr)
         return 2

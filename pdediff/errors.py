@@ -9,3 +9,8 @@ class PdediffError(ValueError):
 class DataError(PdediffError):
     """A dataset or file does not follow the expected layout (missing key, wrong shape,
     NaN/inf values, unreadable file)."""
+
+
+class PdediffWarning(UserWarning):
+    """Something pdediff can do but that is probably not what the user wants (e.g. a
+    condition outside the range a model was trained on)."""

@@ -10,7 +10,13 @@ import torch
 import xarray as xr
 
 from pdediff.errors import DataError
-from pdediff.io.conventions import SAMPLE_DIM, dataset_params, grid_from_dataset
+from pdediff.io.conventions import (
+    SAMPLE_DIM,
+    attrs_param_ranges,
+    dataset_params,
+    grid_from_dataset,
+    sample_variables,
+)
 from pdediff.pde.registry import FAMILIES
 
 
@@ -72,11 +78,16 @@ def pde_residuals(
     grid = grid_from_dataset(ds, fam.dims)
     stored = dataset_params(ds)
     params = fam.params({k: v for k, v in stored.items() if k in fam.defaults})
+    varying = [v for v in sample_variables(ds) if v in fam.defaults]
     n = ds.sizes[SAMPLE_DIM] if max_samples is None else min(max_samples, ds.sizes[SAMPLE_DIM])
+    if varying:  # one sample at a time, each with its own parameters
+        batch = 1
     out = []
     with torch.no_grad():
         for start in range(0, n, batch):
             sel = ds.isel({SAMPLE_DIM: slice(start, min(start + batch, n))})
+            if varying:
+                params = fam.params({**params, **{v: float(sel[v].values[0]) for v in varying}})
             fields = {
                 f: torch.from_numpy(
                     np.asarray(sel[f].transpose(SAMPLE_DIM, *fam.dims).values, dtype=np.float64)
@@ -96,6 +107,12 @@ def format_report(ds: xr.Dataset, path: str, max_samples: int | None = 16) -> st
     params = dataset_params(ds)
     if params:
         lines.append("  parameters: " + ", ".join(f"{k}={v:g}" for k, v in params.items()))
+    ranges = attrs_param_ranges(ds.attrs)
+    if ranges:
+        lines.append(
+            "  parameters per sample: "
+            + ", ".join(f"{k} in [{lo:g}, {hi:g}]" for k, (lo, hi) in ranges.items())
+        )
     lines.append("  coordinates:")
     for d in ds.coords:
         c = np.asarray(ds[d].values)

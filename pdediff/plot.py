@@ -7,7 +7,7 @@ import os
 import numpy as np
 import xarray as xr
 
-from pdediff.io.conventions import SAMPLE_DIM
+from pdediff.io.conventions import SAMPLE_DIM, field_variables
 
 
 def _image(var: xr.DataArray) -> tuple[np.ndarray, tuple[str, str]]:
@@ -35,7 +35,7 @@ def plot_fields(
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    variables = list(variables or ds.data_vars)
+    variables = list(variables or field_variables(ds))
     n = min(samples, ds.sizes.get(SAMPLE_DIM, 1))
     fig, axes = plt.subplots(
         n,

@@ -464,6 +464,11 @@ def finetune(
         raise PdediffError(f"finetune: save_every must be a positive integer, got {save_every}")
     _check_output(out, method, base, overwrite)
     ckpt = read_checkpoint(base)
+    if ckpt.fieldspec.conditions:
+        raise PdediffError(
+            f"finetune does not handle conditioned models yet: {base} is conditioned on "
+            f"{list(ckpt.fieldspec.conditions)}"
+        )
     dev = _device(device)
     model = ckpt.denoiser(ema=True, device=dev)
     x, name = _load_data(data, ckpt.fieldspec, base)

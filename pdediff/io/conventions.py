@@ -5,6 +5,11 @@ A dataset holds one data variable per field (``a``, ``u``, ...) with dims
 with ``units`` and ``axis`` attributes (and ``periodic = 1`` on periodic dims); data
 variables carry ``long_name`` and ``units``; global attributes give ``Conventions``, ``pde``
 (the family name), the PDE parameters as ``param_<name>``, ``source`` and ``history``.
+
+A parameter that varies from sample to sample (``pdediff generate --param-range``) is a data
+variable ``<name>`` with the single dim ``sample`` (attribute ``role = "parameter"``), and
+the range it was drawn from is the global attribute ``param_range_<name> = [low, high]``;
+it then has no ``param_<name>`` attribute.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pdediff.pde.base import FieldInfo, Grid
 CONVENTIONS = "CF-1.10 pdediff-1"
 SAMPLE_DIM = "sample"
 PARAM_PREFIX = "param_"
+PARAM_RANGE_PREFIX = "param_range_"
 AXES = {"x": "X", "y": "Y", "z": "Z", "t": "T"}
 COORD_NAMES = {"x": "x coordinate", "y": "y coordinate", "z": "z coordinate", "t": "time"}
 
@@ -105,13 +111,63 @@ def dataset_params(ds: xr.Dataset) -> dict[str, float]:
 def attrs_params(attrs: Mapping, known: Iterable[str] | None = None) -> dict[str, float]:
     """The ``param_<name>`` entries of ``attrs`` (a Dataset's or a ``FieldSpec``'s) as
     ``{name: float}``; only the names in ``known`` (e.g. a family's defaults) if given."""
-    found = {k[len(PARAM_PREFIX) :]: v for k, v in attrs.items() if k.startswith(PARAM_PREFIX)}
+    found = {
+        k[len(PARAM_PREFIX) :]: v
+        for k, v in attrs.items()
+        if k.startswith(PARAM_PREFIX) and not k.startswith(PARAM_RANGE_PREFIX)
+    }
     return {k: float(v) for k, v in found.items() if known is None or k in known}
 
 
+def attrs_param_ranges(attrs: Mapping) -> dict[str, tuple[float, float]]:
+    """The ``param_range_<name> = [low, high]`` entries of ``attrs`` as ``{name: (low,
+    high)}``: the ranges of the parameters that vary per sample."""
+    out = {}
+    for key, value in attrs.items():
+        if key.startswith(PARAM_RANGE_PREFIX):
+            low, high = np.asarray(value, dtype=np.float64).reshape(-1)[:2]
+            out[key[len(PARAM_RANGE_PREFIX) :]] = (float(low), float(high))
+    return out
+
+
+def field_variables(ds: xr.Dataset) -> tuple[str, ...]:
+    """The gridded data variables of ``ds`` (those with a dim besides ``sample``)."""
+    return tuple(str(v) for v, var in ds.data_vars.items() if set(var.dims) - {SAMPLE_DIM})
+
+
+def sample_variables(ds: xr.Dataset) -> tuple[str, ...]:
+    """The per-sample scalar data variables of ``ds`` (dims exactly ``(sample,)``), e.g.
+    the parameter values of ``pdediff generate --param-range``."""
+    return tuple(str(v) for v, var in ds.data_vars.items() if var.dims == (SAMPLE_DIM,))
+
+
+def add_sample_params(
+    ds: xr.Dataset,
+    values: Mapping[str, np.ndarray],
+    ranges: Mapping[str, tuple[float, float]],
+    units: Mapping[str, str] | None = None,
+) -> xr.Dataset:
+    """``ds`` with per-sample parameter values as variables ``<name>`` on dim ``sample`` and
+    their ranges as ``param_range_<name>`` attributes (any ``param_<name>`` removed)."""
+    out = ds.copy()
+    for name, v in values.items():
+        if name in out.variables:
+            raise DataError(f"parameter {name!r} clashes with a variable or dim of the same name")
+        attrs = {
+            "long_name": f"PDE parameter {name} (per sample)",
+            "units": (units or {}).get(name, "1"),
+            "role": "parameter",
+        }
+        out[name] = xr.Variable(SAMPLE_DIM, np.asarray(v, dtype=np.float64), attrs)
+        out.attrs.pop(PARAM_PREFIX + name, None)
+        out.attrs[PARAM_RANGE_PREFIX + name] = np.asarray(ranges[name], dtype=np.float64)
+    return out
+
+
 def field_dims(ds: xr.Dataset, variables: tuple[str, ...] | None = None) -> tuple[str, ...]:
-    """Grid dims shared by ``variables`` (all data variables by default), sample dim removed."""
-    variables = tuple(variables or ds.data_vars)
+    """Grid dims shared by ``variables`` (by default every gridded data variable, see
+    :func:`field_variables`), sample dim removed."""
+    variables = tuple(variables or field_variables(ds))
     missing = [v for v in variables if v not in ds.data_vars]
     if missing:
         raise DataError(f"variable(s) {missing} not in dataset; it has {list(ds.data_vars)}")

@@ -17,7 +17,8 @@ import torch
 import xarray as xr
 
 from pdediff.errors import DataError
-from pdediff.io.conventions import SAMPLE_DIM, field_dims
+from pdediff.io.conditions import condition_ranges, sample_variable
+from pdediff.io.conventions import SAMPLE_DIM, field_dims, field_variables
 from pdediff.pde.base import Grid
 
 
@@ -52,6 +53,10 @@ class FieldSpec:
         Per-channel normalisation statistics.
     attrs, variable_attrs, coord_attrs
         Global, per-variable and per-coordinate attributes restored by :meth:`to_dataset`.
+    conditions
+        Per-sample scalars the model is conditioned on, in order: ``name -> {"low",
+        "high", "long_name", "units"}`` (see :mod:`pdediff.io.conditions`); empty for an
+        unconditioned model.
     """
 
     variables: tuple[str, ...]
@@ -62,6 +67,7 @@ class FieldSpec:
     attrs: dict = field(default_factory=dict)
     variable_attrs: dict[str, dict] = field(default_factory=dict)
     coord_attrs: dict[str, dict] = field(default_factory=dict)
+    conditions: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.variables = tuple(self.variables)
@@ -79,11 +85,18 @@ class FieldSpec:
     # -- construction ---------------------------------------------------------------------
     @classmethod
     def from_dataset(
-        cls, ds: xr.Dataset, variables: Sequence[str] | None = None, normalise: bool = True
+        cls,
+        ds: xr.Dataset,
+        variables: Sequence[str] | None = None,
+        normalise: bool = True,
+        conditions: Sequence[str] = (),
     ) -> FieldSpec:
         """Spec of ``ds``; with ``normalise`` the mean/std of each variable over all samples
-        and grid points (a constant field gets std 1), else mean 0 and std 1."""
-        variables = tuple(variables or ds.data_vars)
+        and grid points (a constant field gets std 1), else mean 0 and std 1.
+
+        ``variables`` defaults to every gridded variable; ``conditions`` names per-sample
+        variables to condition on (their ranges are recorded)."""
+        variables = tuple(variables or field_variables(ds))
         dims = field_dims(ds, variables)
         mean, std = [], []
         for v in variables:
@@ -100,6 +113,7 @@ class FieldSpec:
             attrs=_plain_attrs(ds.attrs),
             variable_attrs={v: _plain_attrs(ds[v].attrs) for v in variables},
             coord_attrs={d: _plain_attrs(ds[d].attrs) for d in dims},
+            conditions=condition_ranges(ds, conditions),
         )
 
     def to_dict(self) -> dict:
@@ -119,6 +133,7 @@ class FieldSpec:
             "attrs",
             "variable_attrs",
             "coord_attrs",
+            "conditions",
         }
         missing = {"variables", "dims", "coords", "mean", "std"} - set(d)
         if missing:
@@ -152,6 +167,8 @@ class FieldSpec:
                 f"dataset lacks variable(s) {missing} of the spec "
                 f"{list(self.variables)}; it has {list(ds.data_vars)}"
             )
+        for name in self.conditions:
+            sample_variable(ds, name, "dataset")
         dims = field_dims(ds, self.variables)
         if dims != self.dims:
             raise DataError(f"dataset dims {dims} differ from the spec's {self.dims}")

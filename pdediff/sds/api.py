@@ -212,6 +212,11 @@ def sds_solve(
     if obs_weight < 0:
         raise PdediffError(f"obs_weight must be >= 0, got {obs_weight}")
     denoiser, spec, _ = load_checkpoint(checkpoint)
+    if spec.conditions:
+        raise PdediffError(
+            f"sds does not handle conditioned models yet: {checkpoint} is conditioned on "
+            f"{list(spec.conditions)}; use pdediff solve --condition"
+        )
     if not isinstance(observations, Observations):
         observations = read_observations(observations)
     model = build_operator(observations, spec, normalised=True)

@@ -4,7 +4,8 @@ Tasks select which observations are used: ``forward`` those of the coefficient f
 (role ``coefficient``), ``inverse`` those of the solution fields, ``joint`` all of them.
 The result is an ``xarray.Dataset`` with, for each field ``f``: ``f`` (``member``, *grid),
 ``f_mean`` and ``f_std``; the observations used (``obs_f`` on dim ``n_obs_f``, with their
-positions ``obs_f_x``, ...); and attributes recording model, protocol, members, seed and run time.
+positions ``obs_f_x``, ...); and attributes recording model, protocol, members, seed and run time
+(and, for a conditioned model, the ``condition`` with its PDE parameters as ``param_<name>``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
@@ -19,10 +21,13 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from pdediff.errors import PdediffError
-from pdediff.io.conventions import attrs_params, history_line
+from pdediff.core.types import Cond
+from pdediff.errors import PdediffError, PdediffWarning
+from pdediff.io.conditions import encode_conditions
+from pdediff.io.conventions import PARAM_PREFIX, attrs_param_ranges, attrs_params, history_line
 from pdediff.io.fieldspec import FieldSpec
 from pdediff.io.observations import Observations, build_operator, read_observations
+from pdediff.pde.base import PDEFamily
 from pdediff.pde.registry import FAMILIES
 from pdediff.solve.posterior import DIFFUSIONPDE, Protocol, sample_posterior, uses_solver
 
@@ -89,6 +94,51 @@ def select_task(obs: Observations, spec: FieldSpec, task: str) -> Observations:
     return replace(obs, fields=keep)
 
 
+def model_condition(
+    spec: FieldSpec, condition: Mapping[str, float] | None, cfg_weight: float, model: str
+) -> Cond | None:
+    """``cond`` of the model of ``spec`` for physical ``condition`` values: ``{"vector":
+    (1, D)}``, or None for an unconditioned model given no condition.
+
+    Raises :class:`PdediffError` for a condition given to an unconditioned model (or
+    ``cfg_weight`` without one), an unknown or missing name; warns for a value outside the
+    training range.
+    """
+    if not spec.conditions and not condition:
+        if cfg_weight:
+            raise PdediffError(
+                f"cfg_weight = {cfg_weight} needs a conditioned model; {model} was trained "
+                "without --condition: set cfg_weight to 0"
+            )
+        return None
+    return {"vector": encode_conditions(spec.conditions, condition or {}, model)[None]}
+
+
+def condition_params(
+    family: PDEFamily | None, spec: FieldSpec, condition: Mapping[str, float] | None
+) -> dict[str, float]:
+    """The family parameters of the model (``param_<name>`` of its data), with the
+    conditions that are family parameters (Helmholtz ``k``) set to their given values.
+
+    Warns when the training data varied a parameter that the model is not conditioned on:
+    the PDE guidance then uses the family's default for it.
+    """
+    if family is None:
+        return {}
+    params = attrs_params(spec.attrs, family.defaults)
+    given = {k: float(v) for k, v in (condition or {}).items() if k in family.defaults}
+    for name, (low, high) in attrs_param_ranges(spec.attrs).items():
+        if name in family.defaults and name not in given:
+            warnings.warn(
+                f"the model's training data vary {name} over [{low:g}, {high:g}] but the model "
+                f"is not conditioned on it: the PDE guidance uses {name} = "
+                f"{family.defaults[name]:g} (the {family.name} default)",
+                PdediffWarning,
+                stacklevel=3,
+            )
+    return {**params, **given}
+
+
 def posterior_dataset(samples, spec: FieldSpec, obs: Observations, attrs: Mapping) -> xr.Dataset:
     """Ensemble ``(M, C, *grid)`` (normalised) -> Dataset with members, mean, std and the
     observations used."""
@@ -138,6 +188,7 @@ def solve(
     use_pde: bool = True,
     seed: int = 0,
     progress: bool = True,
+    condition: Mapping[str, float] | None = None,
 ) -> xr.Dataset:
     """Sample the posterior of a trained model's fields given observations.
 
@@ -158,6 +209,13 @@ def solve(
     use_pde
         Use the family named in the model's ``pde`` attribute for the residual term
         (``False``: ``pde_weight = 0``).
+    condition
+        Physical values of the conditions of a conditioned model (``pdediff train
+        --condition``), e.g. ``{"k": 4.0}``; required for such a model, an error for any
+        other.  A condition that is a parameter of the family (Helmholtz ``k``) also sets
+        that parameter of the PDE residual and of the reference solver.  The classifier-free
+        guidance weight is the protocol's ``cfg_weight`` (e.g. ``protocol={"cfg_weight":
+        1.5}``; 0, the default, samples the conditional model).
     """
     from tqdm.auto import tqdm
 
@@ -167,12 +225,13 @@ def solve(
     if not use_pde:
         proto = replace(proto, pde_weight=0.0)
     denoiser, spec, _ = load_checkpoint(checkpoint)
+    cond = model_condition(spec, condition, proto.cfg_weight, f"model {checkpoint}")
     if not isinstance(observations, Observations):
         observations = read_observations(observations)
     obs = select_task(observations, spec, task)
     model = build_operator(obs, spec, normalised=True)
     family = FAMILIES.get(str(spec.attrs.get("pde")))
-    params = attrs_params(spec.attrs, family.defaults if family is not None else ())
+    params = condition_params(family, spec, condition)
     t0 = time.perf_counter()
     with tqdm(
         total=proto.steps, desc=f"{task} posterior", unit="step", disable=not progress
@@ -187,6 +246,7 @@ def solve(
             params=params,
             seed=seed,
             callback=lambda info: bar.update(1),
+            cond=cond,
         )
     seconds = time.perf_counter() - t0
     attrs = {
@@ -201,4 +261,9 @@ def solve(
         "run_time_s": round(seconds, 3),
         "history": history_line(f"solve {task} with {checkpoint}"),
     }
+    if cond is not None:
+        attrs["condition"] = {k: float(v) for k, v in condition.items()}
+        attrs["cfg_weight"] = proto.cfg_weight
+        if family is not None:  # the parameters the PDE guidance and solver used
+            attrs.update({PARAM_PREFIX + k: params[k] for k in condition if k in params})
     return posterior_dataset(samples, spec, obs, attrs)

@@ -39,7 +39,7 @@ import xarray as xr
 
 from pdediff import __version__
 from pdediff.errors import DataError, PdediffError
-from pdediff.io.conventions import SAMPLE_DIM, attrs_params, dataset_params
+from pdediff.io.conventions import SAMPLE_DIM, attrs_params, dataset_params, sample_variables
 from pdediff.io.fieldspec import FieldSpec
 from pdediff.io.observations import FieldObservations, Observations, observations_from_truth
 from pdediff.io.store import atomic_path, open_fields
@@ -556,6 +556,23 @@ def format_summary(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> st
 # ----------------------------------------------------------------------------- evaluation
 
 
+def _check_unconditioned(
+    checkpoint: str | os.PathLike, spec: FieldSpec, ds: xr.Dataset, family, where: str
+) -> None:
+    """Evaluation uses one value of each PDE parameter and no model condition (yet)."""
+    if spec.conditions:
+        raise PdediffError(
+            f"evaluate does not handle conditioned models yet: {checkpoint} is conditioned on "
+            f"{list(spec.conditions)}; solve each test sample with pdediff solve --condition"
+        )
+    varying = [v for v in sample_variables(ds) if family is not None and v in family.defaults]
+    if varying:
+        raise PdediffError(
+            f"{where} varies the PDE parameter(s) {varying} per sample, but evaluate uses one "
+            f"value of each; generate the test data with --param NAME=VALUE"
+        )
+
+
 def _context(
     checkpoint: str | os.PathLike,
     ds: xr.Dataset,
@@ -570,6 +587,7 @@ def _context(
     spec = read_checkpoint(checkpoint).fieldspec
     _check_data(ds, spec, where)
     family = FAMILIES.get(str(ds.attrs.get("pde")))
+    _check_unconditioned(checkpoint, spec, ds, family, where)
     methods = check_methods(methods, task, family)
     params = {k: v for k, v in dataset_params(ds).items() if family and k in family.defaults}
     full = family.params(params) if family is not None else {}

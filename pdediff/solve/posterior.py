@@ -20,6 +20,16 @@ solution of its coefficient, so observations of ``u`` guide ``a`` through the so
 gradient), and the returned members are exact discrete solutions of their coefficients.
 The PDE residual term is then zero and left out.
 
+A conditioned model (trained with ``condition``, e.g. on Helmholtz ``k``) samples with its
+condition bound: the denoiser every part of the sampler sees, the guidance gradient included,
+is the classifier-free guided one (Ho & Salimans 2022, arXiv 2207.12598)
+
+.. math::  \\tilde D(x, \\sigma) = D(x, \\sigma, c) + w\\,\\big(D(x, \\sigma, c)
+           - D(x, \\sigma, \\varnothing)\\big),
+
+``w = Protocol.cfg_weight`` (0: the conditional model, exactly), so classifier-free guidance
+and observation / PDE guidance act in the same run.
+
 Everything here is torch; xarray enters only in :mod:`pdediff.solve.api`.
 """
 
@@ -30,6 +40,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
+from pdediff.core.compose import bind_condition, cfg
 from pdediff.core.guidance import (
     ObservationTerm,
     ResidualTerm,
@@ -39,7 +50,7 @@ from pdediff.core.guidance import (
 )
 from pdediff.core.samplers import SAMPLERS
 from pdediff.core.schedules import karras_sigmas
-from pdediff.core.types import Callback, Denoiser
+from pdediff.core.types import Callback, Cond, Denoiser
 from pdediff.errors import PdediffError
 from pdediff.io.fieldspec import FieldSpec
 from pdediff.io.observations import ObservationModel
@@ -69,6 +80,10 @@ class Protocol:
         Compute the solution fields with the family's differentiable reference solver
         instead of sampling them (see the module docstring): ``True`` needs a family with
         one, ``None`` uses it where the family has one.
+    cfg_weight
+        Classifier-free guidance weight ``w`` of a conditioned model (see the module
+        docstring): 0 samples the conditional model, larger values follow the condition
+        more strongly (typically 0.5-3).
     """
 
     sampler: str = "heun"
@@ -82,6 +97,7 @@ class Protocol:
     switch_fraction: float | None = None
     obs_weight_after: float = 0.1
     solver: bool | None = False
+    cfg_weight: float = 0.0
 
     def with_overrides(self, **kwargs) -> Protocol:
         """A copy with the given attributes replaced (``None`` values are ignored)."""
@@ -114,8 +130,11 @@ def _check(protocol: Protocol, spec: FieldSpec) -> None:
             f"has {list(spec.variables)}"
         )
     weights = [*protocol.obs_weight.values(), protocol.default_obs_weight, protocol.pde_weight]
+    weights.append(protocol.cfg_weight)
     if any(w < 0 or w != w for w in weights):
         raise PdediffError(f"guidance weights must be >= 0, got {protocol.to_dict()}")
+    if protocol.cfg_weight == float("inf"):
+        raise PdediffError("cfg_weight must be finite (typically 0.5-3)")
 
 
 def pde_residual_fn(
@@ -234,6 +253,22 @@ def _compose(op: Callable, inner: Callable) -> Callable[[torch.Tensor], torch.Te
     return lambda x0: op(inner(x0))
 
 
+def conditioned_denoiser(
+    denoiser: Denoiser, cond: Cond, cfg_weight: float, members: int
+) -> Denoiser:
+    """``denoiser`` with classifier-free guidance of weight ``cfg_weight``
+    (:func:`pdediff.core.compose.cfg`) and ``cond`` bound, each entry broadcast from a
+    batch of 1 to ``members``."""
+    batch = {}
+    for key, value in cond.items():
+        if value.shape[0] not in (1, members):
+            raise PdediffError(
+                f'cond["{key}"] has a batch of {value.shape[0]}; give 1 (shared) or {members}'
+            )
+        batch[key] = value.expand(members, *value.shape[1:])
+    return bind_condition(cfg(denoiser, cfg_weight), batch)
+
+
 def sample_posterior(
     denoiser: Denoiser,
     spec: FieldSpec,
@@ -246,11 +281,15 @@ def sample_posterior(
     seed: int = 0,
     callback: Callback | None = None,
     dtype: torch.dtype = torch.float32,
+    cond: Cond | None = None,
 ) -> torch.Tensor:
     """An ensemble of ``members`` posterior samples, normalised, ``(members, C, *grid)``.
 
     All members are sampled in one batch; each has its own noise (from ``seed``) and its own
-    guidance gradient (per-sample losses never mix).
+    guidance gradient (per-sample losses never mix).  ``cond`` (e.g. ``{"vector": (1, D)}``,
+    normalised) conditions a conditioned model, with classifier-free guidance of weight
+    ``protocol.cfg_weight`` (see the module docstring); ``params`` should then hold the
+    physical values of the conditions that are PDE parameters.
 
     Raises
     ------
@@ -263,6 +302,13 @@ def sample_posterior(
     _check(protocol, spec)
     if members < 1:
         raise PdediffError(f"members must be >= 1, got {members}")
+    if cond is not None:
+        denoiser = conditioned_denoiser(denoiser, cond, protocol.cfg_weight, members)
+    elif protocol.cfg_weight:
+        raise PdediffError(
+            f"cfg_weight = {protocol.cfg_weight} needs a condition (classifier-free guidance "
+            "of a conditioned model); set cfg_weight to 0 or give the condition"
+        )
     sigmas = karras_sigmas(protocol.steps, protocol.sigma_min, protocol.sigma_max, protocol.rho).to(
         dtype
     )
@@ -282,6 +328,7 @@ def sample_posterior(
         "obs_weight": dict(protocol.obs_weight),
         "pde_weight": protocol.pde_weight,
         "default_obs_weight": protocol.default_obs_weight,
+        "cfg_weight": protocol.cfg_weight,
     }
     try:
         with torch.no_grad():

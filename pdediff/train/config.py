@@ -5,6 +5,8 @@ A config file mirrors the tree; every key is optional and unknown keys are error
     batch_size = 16
     steps = 2000
     variables = ["a", "u"]        # default: every field of the dataset
+    condition = ["k"]             # per-sample parameters the model is conditioned on
+    p_uncond = 0.1                # condition dropout for classifier-free guidance
 
     [model]
     backbone = "unet"             # a key of pdediff.nets.BACKBONES
@@ -20,7 +22,8 @@ A config file mirrors the tree; every key is optional and unknown keys are error
     lr = 5e-4
 
 The backbone's input and output channels are not part of the config: they are the number
-of variables of the data's :class:`~pdediff.io.FieldSpec`.
+of variables of the data's :class:`~pdediff.io.FieldSpec`; its ``vector_dim`` is the
+number of conditions.
 """
 
 from __future__ import annotations
@@ -65,8 +68,15 @@ SMALL_BACKBONE_KWARGS: dict[str, dict[str, Any]] = {
 #: Backbone keyword arguments fixed by the data, not by the config.
 DATA_KWARGS = ("in_channels", "out_channels")
 
+#: Backbone keyword arguments fixed by ``condition``.
+CONDITION_KWARGS = ("vector_dim",)
+
 #: Loss keyword arguments set elsewhere in the config.
 LOSS_RESERVED = ("sigma_data",)
+
+#: Condition dropout of a conditioned model when ``p_uncond`` is not given (Ho & Salimans
+#: 2022 use 0.1-0.2).
+DEFAULT_P_UNCOND = 0.1
 
 
 class ConfigError(PdediffError):
@@ -148,6 +158,16 @@ class TrainConfig:
     deterministic
         Ask torch for deterministic kernels (needed for exact resume on a GPU; CPU
         kernels are deterministic already).
+    condition
+        Per-sample scalar variables of the dataset (e.g. ``["k"]`` from ``pdediff generate
+        --param-range k=1:4``) fed to the backbone as ``cond["vector"]``, each mapped to
+        [-1, 1] by its training range (:mod:`pdediff.io.conditions`, stored in the
+        checkpoint's ``fieldspec.json``).  Empty: an unconditioned model.
+    p_uncond
+        Probability per sample of dropping the condition during training, so the same
+        network learns the unconditional model for classifier-free guidance (Ho & Salimans
+        2022).  ``None``: :data:`DEFAULT_P_UNCOND` for a conditioned model (:meth:`resolved`
+        fills it in, so the checkpoint records the value used), 0 otherwise.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -161,6 +181,8 @@ class TrainConfig:
     log_every: int = 20
     variables: list[str] | None = None
     deterministic: bool = False
+    condition: list[str] = field(default_factory=list)
+    p_uncond: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready nested dict (tuples become lists)."""
@@ -178,6 +200,13 @@ class TrainConfig:
         changes = {k: v for k, v in changes.items() if v is not None}
         new = TrainConfig.from_dict({**self.to_dict(), **changes}, "command line")
         return new
+
+    def resolved(self) -> TrainConfig:
+        """A conditioned config with ``p_uncond`` filled in (:data:`DEFAULT_P_UNCOND` where
+        it is ``None``); any other config unchanged."""
+        if self.p_uncond is not None or not self.condition:
+            return self
+        return dataclasses.replace(self, p_uncond=DEFAULT_P_UNCOND)
 
     def validate(self, source: str = "config") -> None:
         """Raise :class:`ConfigError` for a value out of range."""
@@ -211,6 +240,26 @@ class TrainConfig:
         for key in LOSS_RESERVED:
             if key in self.loss or key in self.model.precond_kwargs:
                 raise ConfigError(f"{source}: set {key} once, as model.{key}")
+        self._validate_condition(source)
+
+    def _validate_condition(self, source: str) -> None:
+        if len(set(self.condition)) != len(self.condition):
+            raise ConfigError(f"{source}: condition names a variable twice: {self.condition}")
+        if self.p_uncond is not None and not 0.0 <= self.p_uncond <= 1.0:
+            raise ConfigError(f"{source}: p_uncond must be in [0, 1], got {self.p_uncond}")
+        if self.p_uncond and not self.condition:
+            raise ConfigError(
+                f"{source}: p_uncond = {self.p_uncond} drops a condition, but condition is "
+                "empty; name the variables to condition on (--condition k) or remove p_uncond"
+            )
+        if "p_uncond" in self.loss:
+            raise ConfigError(f"{source}: set p_uncond once, at the top level (not in [loss])")
+        for key in CONDITION_KWARGS:
+            if key in self.model.backbone_kwargs:
+                raise ConfigError(
+                    f"{source}: model.backbone_kwargs.{key} is set by condition (the number "
+                    f"of conditions); remove it"
+                )
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -325,8 +374,9 @@ def _check_kwargs(func: Any, kwargs: dict[str, Any], key: str, skip: tuple[str, 
             )
 
 
-def backbone_kwargs(model: ModelConfig, channels: int) -> dict[str, Any]:
-    """The backbone's keyword arguments: CPU defaults, the config's, and the channels."""
+def backbone_kwargs(model: ModelConfig, channels: int, conditions: int = 0) -> dict[str, Any]:
+    """The backbone's keyword arguments: CPU defaults, the config's, the channels and, for a
+    conditioned model, ``vector_dim = conditions``."""
     from pdediff.nets import BACKBONES
 
     if model.backbone not in BACKBONES:
@@ -335,6 +385,8 @@ def backbone_kwargs(model: ModelConfig, channels: int) -> dict[str, Any]:
         )
     kwargs = {**SMALL_BACKBONE_KWARGS.get(model.backbone, {}), **model.backbone_kwargs}
     _check_kwargs(BACKBONES[model.backbone], kwargs, "model.backbone_kwargs", DATA_KWARGS)
+    if conditions:
+        kwargs["vector_dim"] = conditions
     return {"in_channels": channels, "out_channels": channels, **kwargs}
 
 
@@ -367,8 +419,9 @@ def build_loss(config: TrainConfig):
     """The :class:`~pdediff.core.loss.EDMLoss` of ``config`` (``sigma_data`` of the model)."""
     from pdediff.core.loss import EDMLoss
 
-    _check_kwargs(EDMLoss, config.loss, "loss", ("self", *LOSS_RESERVED))
+    _check_kwargs(EDMLoss, config.loss, "loss", ("self", "p_uncond", *LOSS_RESERVED))
+    p_uncond = config.resolved().p_uncond or 0.0
     try:
-        return EDMLoss(sigma_data=config.model.sigma_data, **config.loss)
+        return EDMLoss(sigma_data=config.model.sigma_data, p_uncond=p_uncond, **config.loss)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config: bad [loss] value: {e}") from None

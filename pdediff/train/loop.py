@@ -166,8 +166,8 @@ def _check_output(out: Path, resume: bool, overwrite: bool) -> bool:
 def _resume_config(ckpt: Checkpoint, config: TrainConfig | None) -> TrainConfig:
     """The checkpoint's config, with the changes a resumed run allows."""
     if config is None:
-        return ckpt.config
-    old, new = ckpt.config.to_dict(), config.to_dict()
+        return ckpt.config.resolved()
+    old, new = ckpt.config.resolved().to_dict(), config.resolved().to_dict()
     diff = [k for k in new if k not in RESUMABLE_CHANGES and new[k] != old.get(k)]
     if diff:
         raise ConfigError(
@@ -175,7 +175,7 @@ def _resume_config(ckpt: Checkpoint, config: TrainConfig | None) -> TrainConfig:
             f"(checkpoint: {', '.join(f'{k}={old.get(k)!r}' for k in diff)}); a resumed run "
             f"keeps its config except {', '.join(RESUMABLE_CHANGES)}: start a new run instead"
         )
-    return config
+    return config.resolved()
 
 
 def _load_data(data: str | os.PathLike | xr.Dataset) -> tuple[xr.Dataset, str]:
@@ -190,19 +190,29 @@ def _load_data(data: str | os.PathLike | xr.Dataset) -> tuple[xr.Dataset, str]:
     return ds, name
 
 
-def _fieldspec(ds: xr.Dataset, variables: list[str] | None, name: str) -> FieldSpec:
-    missing = [v for v in variables or [] if v not in ds.data_vars]
+def _fieldspec(ds: xr.Dataset, config: TrainConfig, name: str) -> FieldSpec:
+    missing = [v for v in config.variables or [] if v not in ds.data_vars]
     if missing:
         raise DataError(
             f"{name} lacks variable(s) {missing} named in the config; it has {list(ds.data_vars)}"
         )
-    return FieldSpec.from_dataset(ds, variables)
+    return FieldSpec.from_dataset(ds, config.variables, conditions=config.condition)
 
 
-def _fingerprint(x: torch.Tensor) -> str:
+def _conditions(ds: xr.Dataset, spec: FieldSpec, name: str) -> torch.Tensor | None:
+    """``cond["vector"]`` of every sample, ``(N, D)`` in [-1, 1]; None when unconditioned."""
+    from pdediff.io.conditions import dataset_conditions
+
+    return dataset_conditions(ds, spec.conditions, name) if spec.conditions else None
+
+
+def _fingerprint(x: torch.Tensor, cond: torch.Tensor | None = None) -> str:
     import hashlib
 
-    return hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()[:16]
+    h = hashlib.sha256(x.contiguous().numpy().tobytes())
+    if cond is not None:
+        h.update(cond.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -221,12 +231,13 @@ class _Run:
     start: int
     elapsed: float
     provenance: dict[str, Any] = field(default_factory=dict)
+    cond_data: torch.Tensor | None = None  # (N, D) condition vectors of a conditioned model
 
 
 def _architecture(config: TrainConfig, channels: int) -> Architecture:
     from pdediff.nets import build_backbone
 
-    kwargs = backbone_kwargs(config.model, channels)
+    kwargs = backbone_kwargs(config.model, channels, len(config.condition))
     try:
         net_config = build_backbone(config.model.backbone, **kwargs).config
     except (TypeError, ValueError) as e:
@@ -236,11 +247,14 @@ def _architecture(config: TrainConfig, channels: int) -> Architecture:
     )
 
 
-def _check_forward(model: nn.Module, x: torch.Tensor, config: TrainConfig) -> None:
-    """Fail before training when the backbone cannot take the data's grid."""
+def _check_forward(
+    model: nn.Module, x: torch.Tensor, config: TrainConfig, cond: torch.Tensor | None
+) -> None:
+    """Fail before training when the backbone cannot take the data's grid (or condition)."""
     try:
         with torch.no_grad():
-            out = model(x, torch.ones(x.shape[0], device=x.device))
+            c = None if cond is None else {"vector": cond}
+            out = model(x, torch.ones(x.shape[0], device=x.device), c)
     except (PdediffError, RuntimeError, ValueError) as e:
         raise ConfigError(
             f"backbone {config.model.backbone!r} cannot process fields of shape "
@@ -256,8 +270,11 @@ def _plan(
     config: TrainConfig | None,
     resume: bool,
     overwrite: bool,
-) -> tuple[Checkpoint | None, TrainConfig, FieldSpec, Architecture, torch.Tensor, str]:
-    """The checkpoint to resume (or None), the config, the data's spec and tensor."""
+) -> tuple[
+    Checkpoint | None, TrainConfig, FieldSpec, Architecture, torch.Tensor, torch.Tensor | None, str
+]:
+    """The checkpoint to resume (or None), the config, the data's spec, tensor and
+    condition vectors (None when unconditioned)."""
     ckpt = read_checkpoint(out) if _check_output(out, resume, overwrite) else None
     if ckpt is not None:
         ckpt.require_training()
@@ -266,11 +283,16 @@ def _plan(
         config = _resume_config(ckpt, config)
         spec, arch = ckpt.fieldspec, ckpt.architecture
         spec.check_compatible(ds)
+        if list(spec.conditions) != config.condition:
+            raise CheckpointError(
+                f"{out}: config.json conditions on {config.condition} but fieldspec.json "
+                f"holds the ranges of {list(spec.conditions)}: the checkpoint is inconsistent"
+            )
     else:
-        config = config or TrainConfig()
-        spec = _fieldspec(ds, config.variables, name)
+        config = (config or TrainConfig()).resolved()
+        spec = _fieldspec(ds, config, name)
         arch = _architecture(config, len(spec.variables))
-    return ckpt, config, spec, arch, spec.to_tensor(ds), name
+    return ckpt, config, spec, arch, spec.to_tensor(ds), _conditions(ds, spec, name), name
 
 
 def _machine(d: Dist) -> dict[str, Any]:
@@ -309,7 +331,7 @@ def _setup(
     """Read the data (and checkpoint), build model, EMA, optimizer and loss."""
     from pdediff.core.ema import EMA
 
-    ckpt, config, spec, arch, x, name = _plan(data, out, config, resume, overwrite)
+    ckpt, config, spec, arch, x, cond, name = _plan(data, out, config, resume, overwrite)
     if config.batch_size % d.world_size:
         raise ConfigError(
             f"batch_size {config.batch_size} is not divisible by the {d.world_size} processes"
@@ -317,7 +339,9 @@ def _setup(
     loss_fn = build_loss(config)
     torch.manual_seed(step_seed(config.seed, _INIT))  # the initial weights
     model = (ckpt.build(d.device) if ckpt else arch.build().to(d.device)).train()
-    _check_forward(model, x[:1].to(d.device), config)
+    _check_forward(
+        model, x[:1].to(d.device), config, None if cond is None else cond[:1].to(d.device)
+    )
     o = config.optimizer
     opt = torch.optim.AdamW(
         model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
@@ -327,13 +351,14 @@ def _setup(
     if ckpt is not None:
         start, elapsed = ckpt.step, float(ckpt.state.get("elapsed", 0.0))
         _restore(ckpt, model, ema, opt)
-    info = {"source": name, "samples": int(x.shape[0]), "sha256": _fingerprint(x)}
+    info = {"source": name, "samples": int(x.shape[0]), "sha256": _fingerprint(x, cond)}
     if ckpt is not None and ckpt.state.get("data", {}).get("sha256") != info["sha256"]:
         _warn(d, f"the data differ from those {out} was trained on; resuming anyway")
     if d.device.type == "cuda" and x.numel() * x.element_size() <= _DEVICE_DATA_BYTES:
         x = x.to(d.device)
+        cond = None if cond is None else cond.to(d.device)
     origin = _provenance(ckpt, command, d)
-    run = _Run(config, spec, arch, model, ema, opt, loss_fn, x, info, start, elapsed, origin)
+    run = _Run(config, spec, arch, model, ema, opt, loss_fn, x, info, start, elapsed, origin, cond)
     return run, ckpt is not None
 
 
@@ -379,13 +404,17 @@ def _train_step(
     local = cfg.batch_size // d.world_size
     idx = sampler.indices(step)[d.rank * local : (d.rank + 1) * local]
     x0 = run.data[idx.to(run.data.device)].to(d.device, non_blocking=True)
+    cond = None
+    if run.cond_data is not None:
+        vector = run.cond_data[idx.to(run.cond_data.device)].to(d.device, non_blocking=True)
+        cond = {"vector": vector}
     lr = lr_at(step, cfg.optimizer.lr, cfg.optimizer.warmup_steps)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     torch.manual_seed(step_seed(cfg.seed, _TORCH, step, d.rank))  # dropout in the backbone
     gen.manual_seed(step_seed(cfg.seed, _NOISE, step, d.rank))  # sigma and noise
     run.optimizer.zero_grad(set_to_none=True)
-    loss = run.loss_fn(net, x0, generator=gen).mean()
+    loss = run.loss_fn(net, x0, cond, generator=gen).mean()  # draws sigma, noise, dropout
     loss.backward()
     clip = cfg.optimizer.grad_clip or math.inf  # inf: only measure the norm
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
