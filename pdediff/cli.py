@@ -1,5 +1,5 @@
 """The ``pdediff`` command line: generate, inspect, import, plot, train, export, finetune,
-solve, sds, evaluate, demo.
+solve, sds, evaluate, demo, solve-cascade.
 
 Every user-facing error (bad value, missing file or key, existing output) is printed as one
 line naming what is wrong, with exit status 2 and no partial output.
@@ -139,7 +139,26 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
 
 
+def _stage_flags(args: argparse.Namespace) -> dict | None:
+    """The ``[cascade]`` settings given by --stage, --from, --to, --aug-noise-max, --aug-blur."""
+    given = {
+        "stage": args.stage,
+        "from_shape": None if args.from_res is None else [args.from_res] * 2,
+        "to_shape": None if args.to_res is None else [args.to_res] * 2,
+        "aug_noise_max": args.aug_noise_max,
+        "aug_blur": args.aug_blur,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if given and args.stage is None:
+        raise PdediffError(
+            "--from, --to and --aug-* train a super-resolution stage: add --stage sr"
+        )
+    return given or None
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    import dataclasses
+
     from pdediff.train import TrainConfig, load_config, train
 
     if args.resume and args.overwrite:
@@ -151,13 +170,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         "seed": args.seed,
         "condition": [c.strip() for c in args.condition.split(",")] if args.condition else None,
         "p_uncond": args.p_uncond,
+        "cascade": _stage_flags(args),
     }
     if any(v is not None for v in overrides.values()):
         if config is None and args.resume and Path(args.out, "state.json").is_file():
             from pdediff.train import read_checkpoint
 
             config = read_checkpoint(args.out).config  # flags change the resumed run's
-        config = (config or TrainConfig()).replace(**overrides)
+        config = config or TrainConfig()
+        if overrides["cascade"] is not None:  # the flags change the config's [cascade]
+            overrides["cascade"] = {**dataclasses.asdict(config.cascade), **overrides["cascade"]}
+        config = config.replace(**overrides)
     try:
         result = train(
             args.data,
@@ -242,6 +265,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def cmd_solve(args: argparse.Namespace) -> None:
     from pdediff.io.store import atomic_path, output_format, write_fields
     from pdediff.solve import solve
+    from pdediff.solve.experts import parse_expert
 
     output_format(args.output)
     if Path(args.output).exists() and not args.overwrite:
@@ -264,6 +288,8 @@ def cmd_solve(args: argparse.Namespace) -> None:
         seed=args.seed,
         progress=not args.quiet,
         condition=_params(args.condition, "--condition") or None,
+        experts=[parse_expert(e) for e in args.expert or []] or None,
+        main_weight=args.main_weight,
     )
     write_fields(ds, args.output, overwrite=args.overwrite)
     print(f"wrote {args.output}: {args.members} members, {ds.attrs['run_time_s']} s")
@@ -467,6 +493,48 @@ def cmd_solve_latent(args: argparse.Namespace) -> None:
     )
 
 
+def _one_or_list(values: list | None):
+    """A flag given once as its value, several times as the list (``None`` if absent)."""
+    if values is None:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+def cmd_solve_cascade(args: argparse.Namespace) -> None:
+    from pdediff.cascade import cascade_solve
+    from pdediff.io.store import output_format, write_fields
+
+    output_format(args.output)
+    if Path(args.output).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    protocol = {
+        "sampler": args.sampler,
+        "pde_weight": args.pde_weight,
+        "obs_weight": _params(args.obs_weight, "--obs-weight") or None,
+        "cfg_weight": args.cfg_weight,
+    }
+    ds = cascade_solve(
+        args.stages,
+        args.obs,
+        task=args.task,
+        members=args.members,
+        steps=_one_or_list(args.steps),
+        aug_level=_one_or_list(args.aug_level),
+        seed=args.seed,
+        preset=args.preset,
+        protocol=protocol,
+        use_pde=not args.no_pde,
+        condition=_params(args.condition, "--condition") or None,
+        progress=not args.quiet,
+    )
+    write_fields(ds, args.output, overwrite=args.overwrite)
+    grid = "x".join(str(ds.sizes[d]) for d in ds[next(iter(ds.data_vars))].dims[1:])
+    print(
+        f"wrote {args.output}: {args.members} members on {grid} after {len(args.stages)} "
+        f"stages, {ds.attrs['run_time_s']} s"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pdediff import __version__
 
@@ -573,6 +641,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     t.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda:0")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--stage",
+        choices=["base", "sr"],
+        help="cascade stage: sr trains a super-resolution stage (needs --from and --to)",
+    )
+    t.add_argument("--from", dest="from_res", type=int, help="sr: grid points of the low res")
+    t.add_argument("--to", dest="to_res", type=int, help="sr: grid points of the data")
+    t.add_argument(
+        "--aug-noise-max",
+        type=float,
+        help="sr: conditioning augmentation, noise level s ~ U[0, MAX] (normalised units)",
+    )
+    t.add_argument(
+        "--aug-blur", type=float, help="sr: Gaussian blur of the conditioning, U[0, B] grid steps"
+    )
     t.set_defaults(func=cmd_train)
 
     x = sub.add_parser("export", help="slim model for sampling (EMA weights) with a model card")
@@ -646,6 +729,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--cfg-weight",
         type=float,
         help="classifier-free guidance weight of a conditioned model (default 0: conditional)",
+    )
+    s.add_argument(
+        "--expert",
+        action="append",
+        metavar="DIR:W",
+        help="product of experts: add checkpoint DIR with weight W (repeatable; same "
+        "variables, grid and normalisation as --model)",
+    )
+    s.add_argument(
+        "--main-weight",
+        type=float,
+        help="weight of --model among the experts (default 1 - sum of the expert weights)",
     )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-o", "--output", required=True, help="POSTERIOR.nc or .zarr")
@@ -775,6 +870,46 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--overwrite", action="store_true")
     sl.add_argument("--quiet", action="store_true")
     sl.set_defaults(func=cmd_solve_latent)
+
+    sc = sub.add_parser(
+        "solve-cascade", help="posterior ensemble through a base model and super-resolution stages"
+    )
+    sc.add_argument(
+        "--stages", nargs="+", required=True, help="BASE SR1 [SR2 ...] checkpoint directories"
+    )
+    sc.add_argument("--obs", required=True, help="observations (.nc, .zarr or .csv)")
+    sc.add_argument("--task", default="inverse", choices=["forward", "inverse", "joint"])
+    sc.add_argument("--members", type=int, default=8, help="ensemble size")
+    sc.add_argument("--preset", default="pdediff", choices=["pdediff", "joint", "diffusionpde"])
+    sc.add_argument("--steps", type=int, nargs="+", help="sampler steps: one, or one per stage")
+    sc.add_argument(
+        "--aug-level",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="noise level s of the conditioning: one, or one per super-resolution stage",
+    )
+    sc.add_argument("--sampler", help="euler, heun, euler_maruyama, pc, dpmpp_2m")
+    sc.add_argument(
+        "--obs-weight",
+        action="append",
+        metavar="FIELD=W",
+        help="observation guidance weight of a field (repeatable)",
+    )
+    sc.add_argument("--pde-weight", type=float, help="PDE residual guidance weight")
+    sc.add_argument("--no-pde", action="store_true", help="observations only")
+    sc.add_argument(
+        "--condition",
+        action="append",
+        metavar="NAME=VALUE",
+        help="condition of the conditioned stages (repeatable), e.g. --condition k=4",
+    )
+    sc.add_argument("--cfg-weight", type=float, help="classifier-free guidance of the base")
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("-o", "--output", required=True, help="POSTERIOR.nc or .zarr")
+    sc.add_argument("--overwrite", action="store_true")
+    sc.add_argument("--quiet", action="store_true")
+    sc.set_defaults(func=cmd_solve_cascade)
     return p
 
 

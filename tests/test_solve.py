@@ -248,3 +248,17 @@ def test_demo_runs_on_a_model_and_writes_posteriors_and_figures(checkpoint, tmp_
         post = xr.open_dataset(out / f"{task}.nc")
         assert post.sizes["member"] == 2 and {"a_true", "u_true", "a_std"} <= set(post)
         assert (out / f"{task}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sampler_options_reach_the_sampler_and_are_checked(darcy):
+    spec = unit_spec(darcy.isel(sample=[0]))
+    obs, _ = observations_from_truth(darcy.isel(sample=[0]), ["a"], count=4, seed=0)
+    model = build_operator(obs, spec)
+    one = Protocol(sampler="pc", steps=5, sampler_options={"n_corrector": 1})
+    three = one.with_overrides(sampler_options={"n_corrector": 3})
+    x1 = sample_posterior(standard_normal_denoiser, spec, model, one, members=2, seed=0)
+    x3 = sample_posterior(standard_normal_denoiser, spec, model, three, members=2, seed=0)
+    assert not torch.equal(x1, x3)
+    with pytest.raises(PdediffError, match=r"has no option\(s\) \['n_correctr'\]"):
+        bad = one.with_overrides(sampler_options={"n_correctr": 3})
+        sample_posterior(standard_normal_denoiser, spec, model, bad, members=2)

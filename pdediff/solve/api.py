@@ -5,7 +5,8 @@ Tasks select which observations are used: ``forward`` those of the coefficient f
 The result is an ``xarray.Dataset`` with, for each field ``f``: ``f`` (``member``, *grid),
 ``f_mean`` and ``f_std``; the observations used (``obs_f`` on dim ``n_obs_f``, with their
 positions ``obs_f_x``, ...); and attributes recording model, protocol, members, seed and run time
-(and, for a conditioned model, the ``condition`` with its PDE parameters as ``param_<name>``).
+(and, for a conditioned model, the ``condition`` with its PDE parameters as ``param_<name>``;
+with experts, ``experts`` and ``main_weight``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from pdediff.io.fieldspec import FieldSpec
 from pdediff.io.observations import Observations, build_operator, read_observations
 from pdediff.pde.base import PDEFamily
 from pdediff.pde.registry import FAMILIES
+from pdediff.solve.experts import compose_experts
 from pdediff.solve.posterior import DIFFUSIONPDE, Protocol, sample_posterior, uses_solver
 
 TASKS = ("forward", "inverse", "joint")
@@ -189,6 +191,8 @@ def solve(
     seed: int = 0,
     progress: bool = True,
     condition: Mapping[str, float] | None = None,
+    experts: Sequence[tuple[str | os.PathLike, float]] | None = None,
+    main_weight: float | None = None,
 ) -> xr.Dataset:
     """Sample the posterior of a trained model's fields given observations.
 
@@ -216,6 +220,15 @@ def solve(
         that parameter of the PDE residual and of the reference solver.  The classifier-free
         guidance weight is the protocol's ``cfg_weight`` (e.g. ``protocol={"cfg_weight":
         1.5}``; 0, the default, samples the conditional model).
+    experts
+        ``[(checkpoint, weight), ...]``: sample the product of experts
+        :math:`D = x + \\sum_i w_i (D_i - x)` of the model and these (e.g. a large prior and
+        small models of a narrow domain; :func:`pdediff.solve.experts.compose_experts`).
+        Each must have the model's variables, grid and normalisation.  A conditioned expert
+        gets the values of ``condition`` it is conditioned on and the same CFG weight; the
+        models are bound to their conditions, with CFG, before they are composed.
+    main_weight
+        Weight of the model in the product; ``1 - sum(expert weights)`` by default.
     """
     from tqdm.auto import tqdm
 
@@ -224,7 +237,12 @@ def solve(
     proto = resolve_protocol(checkpoint, preset, task, protocol)
     if not use_pde:
         proto = replace(proto, pde_weight=0.0)
-    denoiser, spec, _ = load_checkpoint(checkpoint)
+    denoiser, spec, config = load_checkpoint(checkpoint)
+    if config.cascade.stage != "base":
+        raise PdediffError(
+            f"{checkpoint} is a {config.cascade.stage!r} cascade stage: it needs the stage "
+            "below it; use `pdediff solve-cascade --stages BASE ... {checkpoint}`"
+        )
     cond = model_condition(spec, condition, proto.cfg_weight, f"model {checkpoint}")
     if not isinstance(observations, Observations):
         observations = read_observations(observations)
@@ -232,6 +250,20 @@ def solve(
     model = build_operator(obs, spec, normalised=True)
     family = FAMILIES.get(str(spec.attrs.get("pde")))
     params = condition_params(family, spec, condition)
+    extra: dict = {}
+    if experts:
+        denoiser, extra = compose_experts(
+            denoiser,
+            spec,
+            experts,
+            main_weight=main_weight,
+            cond=cond,
+            condition=condition,
+            cfg_weight=proto.cfg_weight,
+            members=members,
+        )
+    elif main_weight is not None:
+        raise PdediffError("main_weight is the weight of the model among experts: give experts")
     t0 = time.perf_counter()
     with tqdm(
         total=proto.steps, desc=f"{task} posterior", unit="step", disable=not progress
@@ -240,13 +272,13 @@ def solve(
             denoiser,
             spec,
             model,
-            proto,
+            replace(proto, cfg_weight=0.0) if extra else proto,  # CFG is bound in experts
             members=members,
             family=family,
             params=params,
             seed=seed,
             callback=lambda info: bar.update(1),
-            cond=cond,
+            cond=None if extra else cond,
         )
     seconds = time.perf_counter() - t0
     attrs = {
@@ -261,6 +293,7 @@ def solve(
         "run_time_s": round(seconds, 3),
         "history": history_line(f"solve {task} with {checkpoint}"),
     }
+    attrs.update(extra)
     if cond is not None:
         attrs["condition"] = {k: float(v) for k, v in condition.items()}
         attrs["cfg_weight"] = proto.cfg_weight

@@ -35,6 +35,7 @@ Everything here is torch; xarray enters only in :mod:`pdediff.solve.api`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 
@@ -80,6 +81,10 @@ class Protocol:
         Compute the solution fields with the family's differentiable reference solver
         instead of sampling them (see the module docstring): ``True`` needs a family with
         one, ``None`` uses it where the family has one.
+    sampler_options
+        Extra keyword arguments of the sampler, e.g. ``{"n_corrector": 5}`` for ``pc``
+        (Langevin corrector steps per level; a product of experts needs several) or
+        ``{"S_churn": ...}`` for ``heun``.
     cfg_weight
         Classifier-free guidance weight ``w`` of a conditioned model (see the module
         docstring): 0 samples the conditional model, larger values follow the condition
@@ -98,6 +103,7 @@ class Protocol:
     obs_weight_after: float = 0.1
     solver: bool | None = False
     cfg_weight: float = 0.0
+    sampler_options: Mapping[str, float] = field(default_factory=dict)
 
     def with_overrides(self, **kwargs) -> Protocol:
         """A copy with the given attributes replaced (``None`` values are ignored)."""
@@ -106,6 +112,7 @@ class Protocol:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["obs_weight"] = dict(self.obs_weight)
+        d["sampler_options"] = dict(self.sampler_options)
         return d
 
 
@@ -123,6 +130,14 @@ def _check(protocol: Protocol, spec: FieldSpec) -> None:
         raise PdediffError(f"unknown sampler {protocol.sampler!r}; known: {sorted(SAMPLERS)}")
     if protocol.steps < 1:
         raise PdediffError(f"steps must be >= 1, got {protocol.steps}")
+    known = set(inspect.signature(SAMPLERS[protocol.sampler]).parameters) - {
+        "denoiser", "x", "sigmas", "cond", "generator", "callback", "correction"
+    }  # fmt: skip
+    bad = sorted(set(protocol.sampler_options) - known)
+    if bad:
+        raise PdediffError(
+            f"sampler {protocol.sampler!r} has no option(s) {bad}; its options: {sorted(known)}"
+        )
     unknown = sorted(set(protocol.obs_weight) - set(spec.variables))
     if unknown:
         raise PdediffError(
@@ -333,7 +348,13 @@ def sample_posterior(
     try:
         with torch.no_grad():
             out = SAMPLERS[protocol.sampler](
-                denoiser, x, sigmas, generator=generator, callback=callback, correction=correction
+                denoiser,
+                x,
+                sigmas,
+                generator=generator,
+                callback=callback,
+                correction=correction,
+                **dict(protocol.sampler_options),
             )
     except FloatingPointError as e:
         raise FloatingPointError(

@@ -16,6 +16,7 @@ from pdediff.train.checkpoint import (
     read_checkpoint,
 )
 from pdediff.train.config import (
+    CascadeConfig,
     ConfigError,
     ModelConfig,
     OptimizerConfig,
@@ -25,6 +26,7 @@ from pdediff.train.config import (
 from pdediff.train.loop import TrainResult, train
 
 __all__ = [
+    "CascadeConfig",
     "Checkpoint",
     "CheckpointError",
     "ConfigError",

@@ -21,9 +21,17 @@ A config file mirrors the tree; every key is optional and unknown keys are error
     [optimizer]                   # AdamW, linear warm-up, gradient clipping
     lr = 5e-4
 
+    [cascade]                     # a super-resolution stage of a cascade (pdediff.cascade)
+    stage = "sr"                  # "base" (default: an ordinary model) or "sr"
+    from_shape = [32, 32]         # the low-resolution grid it is conditioned on
+    to_shape = [64, 64]           # its own grid (that of the data)
+    aug_noise_max = 0.2           # conditioning augmentation: s ~ U[0, aug_noise_max]
+    aug_blur = 0.5                # and Gaussian blur of b ~ U[0, aug_blur] grid steps
+
 The backbone's input and output channels are not part of the config: they are the number
 of variables of the data's :class:`~pdediff.io.FieldSpec`; its ``vector_dim`` is the
-number of conditions.
+number of conditions (plus one, the augmentation level, for a super-resolution stage, whose
+``cond_channels`` is the number of variables).
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
+    "CASCADE_STAGES",
+    "CascadeConfig",
     "ConfigError",
     "LOSS_RESERVED",
     "ModelConfig",
@@ -68,8 +78,11 @@ SMALL_BACKBONE_KWARGS: dict[str, dict[str, Any]] = {
 #: Backbone keyword arguments fixed by the data, not by the config.
 DATA_KWARGS = ("in_channels", "out_channels")
 
-#: Backbone keyword arguments fixed by ``condition``.
-CONDITION_KWARGS = ("vector_dim",)
+#: Backbone keyword arguments fixed by ``condition`` and ``cascade``.
+CONDITION_KWARGS = ("vector_dim", "cond_channels")
+
+#: The stages of a cascade: a base model (any ordinary model) and super-resolution stages.
+CASCADE_STAGES = ("base", "sr")
 
 #: Loss keyword arguments set elsewhere in the config.
 LOSS_RESERVED = ("sigma_data",)
@@ -136,6 +149,77 @@ class OptimizerConfig:
 
 
 @dataclass
+class CascadeConfig:
+    """The model's place in a cascade (Ho et al. 2021, arXiv:2106.15282).
+
+    A super-resolution (``"sr"``) stage learns the fields on the data's grid ``to_shape``
+    given the same fields on the coarser grid ``from_shape``, upsampled back to
+    ``to_shape`` and concatenated as input channels (``cond["fields"]``).  The training loop
+    makes that conditioning from every batch (:func:`pdediff.cascade.train.sr_conditioning`:
+    node subsampling, linear interpolation) and corrupts it (conditioning augmentation)
+    with noise of level ``s ~ U[0, aug_noise_max]`` per sample, passed to the network as
+    the last entry of ``cond["vector"]``, and a Gaussian blur of ``b ~ U[0, aug_blur]`` grid
+    steps.  Sampling (:func:`pdediff.cascade.cascade_solve`) reads these settings.
+
+    Attributes
+    ----------
+    stage
+        ``"base"`` (every ordinary model) or ``"sr"``.
+    from_shape, to_shape
+        Grid points per dim of the conditioning and of the data (``"sr"`` only).
+    aug_noise_max
+        Largest noise level ``s`` of the augmentation, in units of the normalised fields.
+    aug_blur
+        Largest blur standard deviation, in grid steps of ``to_shape``.
+    """
+
+    stage: str = "base"
+    from_shape: list[int] | None = None
+    to_shape: list[int] | None = None
+    aug_noise_max: float = 0.0
+    aug_blur: float = 0.0
+
+    @property
+    def is_sr(self) -> bool:
+        return self.stage == "sr"
+
+    def validate(self, source: str) -> None:
+        """Raise :class:`ConfigError` for an unknown stage or inconsistent grids."""
+        if self.stage not in CASCADE_STAGES:
+            raise ConfigError(
+                f"{source}: cascade.stage must be one of {', '.join(CASCADE_STAGES)}, "
+                f"got {self.stage!r}"
+            )
+        for key in ("aug_noise_max", "aug_blur"):
+            value = getattr(self, key)
+            if not (value >= 0 and value < float("inf")):
+                raise ConfigError(f"{source}: cascade.{key} must be finite and >= 0")
+        grids = (self.from_shape, self.to_shape)
+        if not self.is_sr:
+            if any(g is not None for g in grids) or self.aug_noise_max or self.aug_blur:
+                raise ConfigError(
+                    f"{source}: cascade.from_shape, to_shape and the augmentation belong to a "
+                    'super-resolution stage; set cascade.stage = "sr" (--stage sr)'
+                )
+            return
+        if any(g is None for g in grids):
+            raise ConfigError(
+                f"{source}: a super-resolution stage needs cascade.from_shape and to_shape "
+                "(--from and --to)"
+            )
+        low, high = self.from_shape, self.to_shape
+        if len(low) != len(high) or any(n < 2 for n in low):
+            raise ConfigError(
+                f"{source}: cascade.from_shape {low} and to_shape {high} must give >= 2 "
+                "points for every grid dim"
+            )
+        if any(a > b for a, b in zip(low, high, strict=True)) or low == high:
+            raise ConfigError(
+                f"{source}: cascade.from_shape {low} must be coarser than to_shape {high}"
+            )
+
+
+@dataclass
 class TrainConfig:
     """Everything that determines a training run (with the data and the seed, exactly).
 
@@ -167,7 +251,10 @@ class TrainConfig:
         Probability per sample of dropping the condition during training, so the same
         network learns the unconditional model for classifier-free guidance (Ho & Salimans
         2022).  ``None``: :data:`DEFAULT_P_UNCOND` for a conditioned model (:meth:`resolved`
-        fills it in, so the checkpoint records the value used), 0 otherwise.
+        fills it in, so the checkpoint records the value used), 0 otherwise (and for a
+        super-resolution stage, where a drop would also drop the low-resolution field).
+    cascade
+        The model's stage in a cascade (:class:`CascadeConfig`); default: a base model.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -183,6 +270,7 @@ class TrainConfig:
     deterministic: bool = False
     condition: list[str] = field(default_factory=list)
     p_uncond: float | None = None
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready nested dict (tuples become lists)."""
@@ -206,7 +294,8 @@ class TrainConfig:
         it is ``None``); any other config unchanged."""
         if self.p_uncond is not None or not self.condition:
             return self
-        return dataclasses.replace(self, p_uncond=DEFAULT_P_UNCOND)
+        p_uncond = 0.0 if self.cascade.is_sr else DEFAULT_P_UNCOND
+        return dataclasses.replace(self, p_uncond=p_uncond)
 
     def validate(self, source: str = "config") -> None:
         """Raise :class:`ConfigError` for a value out of range."""
@@ -241,6 +330,7 @@ class TrainConfig:
             if key in self.loss or key in self.model.precond_kwargs:
                 raise ConfigError(f"{source}: set {key} once, as model.{key}")
         self._validate_condition(source)
+        self.cascade.validate(source)
 
     def _validate_condition(self, source: str) -> None:
         if len(set(self.condition)) != len(self.condition):
@@ -257,8 +347,8 @@ class TrainConfig:
         for key in CONDITION_KWARGS:
             if key in self.model.backbone_kwargs:
                 raise ConfigError(
-                    f"{source}: model.backbone_kwargs.{key} is set by condition (the number "
-                    f"of conditions); remove it"
+                    f"{source}: model.backbone_kwargs.{key} is set by condition and cascade "
+                    f"(the number of conditions, of a super-resolution stage's fields); remove it"
                 )
 
 
@@ -374,9 +464,12 @@ def _check_kwargs(func: Any, kwargs: dict[str, Any], key: str, skip: tuple[str, 
             )
 
 
-def backbone_kwargs(model: ModelConfig, channels: int, conditions: int = 0) -> dict[str, Any]:
+def backbone_kwargs(
+    model: ModelConfig, channels: int, conditions: int = 0, cond_channels: int = 0
+) -> dict[str, Any]:
     """The backbone's keyword arguments: CPU defaults, the config's, the channels and, for a
-    conditioned model, ``vector_dim = conditions``."""
+    conditioned model, ``vector_dim = conditions`` (and ``cond_channels``, the channels of
+    ``cond["fields"]``, for a super-resolution stage)."""
     from pdediff.nets import BACKBONES
 
     if model.backbone not in BACKBONES:
@@ -387,6 +480,8 @@ def backbone_kwargs(model: ModelConfig, channels: int, conditions: int = 0) -> d
     _check_kwargs(BACKBONES[model.backbone], kwargs, "model.backbone_kwargs", DATA_KWARGS)
     if conditions:
         kwargs["vector_dim"] = conditions
+    if cond_channels:
+        kwargs["cond_channels"] = cond_channels
     return {"in_channels": channels, "out_channels": channels, **kwargs}
 
 

@@ -20,7 +20,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,29 @@ _INIT, _EPOCH, _NOISE, _TORCH = range(4)
 RESUMABLE_CHANGES = ("steps", "log_every", "checkpoint_every", "deterministic")
 #: Datasets up to this size are moved to the GPU whole (no per-step host transfer).
 _DEVICE_DATA_BYTES = 2**31
+
+#: ``hook(x0, cond, generator) -> cond``: the conditioning of a batch made from the batch
+#: itself (a super-resolution stage's low-resolution fields); draws from ``generator``.
+BatchConditioning = Callable[[torch.Tensor, dict | None, torch.Generator], dict]
+
+
+def _no_conditioning(config: TrainConfig, spec: FieldSpec) -> None:
+    """A base model: its conditioning is the data's (``condition``) or none."""
+    return None
+
+
+def _sr_conditioning(config: TrainConfig, spec: FieldSpec) -> BatchConditioning:
+    """A super-resolution stage: :func:`pdediff.cascade.train.sr_conditioning`."""
+    from pdediff.cascade.train import sr_conditioning
+
+    return sr_conditioning(config.cascade, spec)
+
+
+#: The per-batch conditioning hook of each cascade stage: ``(config, spec) -> hook | None``.
+BATCH_CONDITIONING: dict[str, Callable[[TrainConfig, FieldSpec], BatchConditioning | None]] = {
+    "base": _no_conditioning,
+    "sr": _sr_conditioning,
+}
 
 
 def step_seed(seed: int, stream: int, *keys: int) -> int:
@@ -232,12 +255,16 @@ class _Run:
     elapsed: float
     provenance: dict[str, Any] = field(default_factory=dict)
     cond_data: torch.Tensor | None = None  # (N, D) condition vectors of a conditioned model
+    batch_cond: BatchConditioning | None = None  # conditioning made from each batch
 
 
 def _architecture(config: TrainConfig, channels: int) -> Architecture:
     from pdediff.nets import build_backbone
 
-    kwargs = backbone_kwargs(config.model, channels, len(config.condition))
+    sr = config.cascade.is_sr  # + the augmentation level, + the low-resolution fields
+    kwargs = backbone_kwargs(
+        config.model, channels, len(config.condition) + sr, channels if sr else 0
+    )
     try:
         net_config = build_backbone(config.model.backbone, **kwargs).config
     except (TypeError, ValueError) as e:
@@ -248,12 +275,18 @@ def _architecture(config: TrainConfig, channels: int) -> Architecture:
 
 
 def _check_forward(
-    model: nn.Module, x: torch.Tensor, config: TrainConfig, cond: torch.Tensor | None
+    model: nn.Module,
+    x: torch.Tensor,
+    config: TrainConfig,
+    cond: torch.Tensor | None,
+    hook: BatchConditioning | None = None,
 ) -> None:
     """Fail before training when the backbone cannot take the data's grid (or condition)."""
     try:
         with torch.no_grad():
             c = None if cond is None else {"vector": cond}
+            if hook is not None:
+                c = hook(x, c, torch.Generator(device=x.device).manual_seed(0))
             out = model(x, torch.ones(x.shape[0], device=x.device), c)
     except (PdediffError, RuntimeError, ValueError) as e:
         raise ConfigError(
@@ -339,9 +372,9 @@ def _setup(
     loss_fn = build_loss(config)
     torch.manual_seed(step_seed(config.seed, _INIT))  # the initial weights
     model = (ckpt.build(d.device) if ckpt else arch.build().to(d.device)).train()
-    _check_forward(
-        model, x[:1].to(d.device), config, None if cond is None else cond[:1].to(d.device)
-    )
+    hook = BATCH_CONDITIONING[config.cascade.stage](config, spec)
+    c1 = None if cond is None else cond[:1].to(d.device)
+    _check_forward(model, x[:1].to(d.device), config, c1, hook)
     o = config.optimizer
     opt = torch.optim.AdamW(
         model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
@@ -358,7 +391,9 @@ def _setup(
         x = x.to(d.device)
         cond = None if cond is None else cond.to(d.device)
     origin = _provenance(ckpt, command, d)
-    run = _Run(config, spec, arch, model, ema, opt, loss_fn, x, info, start, elapsed, origin, cond)
+    run = _Run(
+        config, spec, arch, model, ema, opt, loss_fn, x, info, start, elapsed, origin, cond, hook
+    )
     return run, ckpt is not None
 
 
@@ -413,6 +448,8 @@ def _train_step(
         group["lr"] = lr
     torch.manual_seed(step_seed(cfg.seed, _TORCH, step, d.rank))  # dropout in the backbone
     gen.manual_seed(step_seed(cfg.seed, _NOISE, step, d.rank))  # sigma and noise
+    if run.batch_cond is not None:  # draws its augmentation before the loss's draws
+        cond = run.batch_cond(x0, cond, gen)
     run.optimizer.zero_grad(set_to_none=True)
     loss = run.loss_fn(net, x0, cond, generator=gen).mean()  # draws sigma, noise, dropout
     loss.backward()
