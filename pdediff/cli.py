@@ -1,5 +1,5 @@
 """The ``pdediff`` command line: generate, inspect, import, plot, train, export, finetune,
-solve, sds, evaluate, demo, solve-cascade.
+solve, sds, evaluate, demo, train-autoencoder, encode, solve-latent, solve-cascade.
 
 Every user-facing error (bad value, missing file or key, existing output) is printed as one
 line naming what is wrong, with exit status 2 and no partial output.
