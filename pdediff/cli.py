@@ -59,17 +59,32 @@ def _mapping(pairs: list[str] | None) -> dict[str, str] | None:
     return out
 
 
+def _check_output(output: str, overwrite: bool) -> None:
+    """Fail on a bad suffix or an existing output before any work."""
+    from pdediff.io.store import output_format
+
+    output_format(output)
+    if Path(output).exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+
+
+def _misfit_text(ds) -> str:
+    """``field rmse, ...`` from a result's ``obs_rmse_<field>`` attributes."""
+    prefix = "obs_rmse_"
+    return ", ".join(
+        f"{k[len(prefix) :]} {v:.3g}" for k, v in ds.attrs.items() if k.startswith(prefix)
+    )
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     from pdediff.generate import generate, read_recipe
-    from pdediff.io.store import output_format, write_fields
+    from pdediff.io.store import write_fields
 
     recipe = read_recipe(args.recipe) if args.recipe else {}
     family = args.family or recipe.get("family")
     if not family:
         raise PdediffError("give a PDE family (e.g. `pdediff generate darcy ...`) or --recipe")
-    output_format(args.output)  # fail on a bad suffix before any work
-    if Path(args.output).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    _check_output(args.output, args.overwrite)
     # a flag beats the recipe, whether it gives a value or a range
     flag_params, flag_ranges = _params(args.param), _ranges(args.param_range)
     recipe_params, recipe_ranges = recipe.get("params", {}), recipe.get("param_ranges", {})
@@ -263,13 +278,11 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_solve(args: argparse.Namespace) -> None:
-    from pdediff.io.store import atomic_path, output_format, write_fields
+    from pdediff.io.store import atomic_path, write_fields
     from pdediff.solve import solve
     from pdediff.solve.experts import parse_expert
 
-    output_format(args.output)
-    if Path(args.output).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    _check_output(args.output, args.overwrite)
     protocol = {
         "steps": args.steps,
         "sampler": args.sampler,
@@ -302,12 +315,10 @@ def cmd_solve(args: argparse.Namespace) -> None:
 
 
 def cmd_sds(args: argparse.Namespace) -> None:
-    from pdediff.io.store import output_format, write_fields
+    from pdediff.io.store import write_fields
     from pdediff.sds import sds_solve
 
-    output_format(args.output)
-    if Path(args.output).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    _check_output(args.output, args.overwrite)
     ds = sds_solve(
         args.model,
         args.obs,
@@ -324,9 +335,7 @@ def cmd_sds(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     write_fields(ds, args.output, overwrite=args.overwrite)
-    misfit = ", ".join(
-        f"{k[len('obs_rmse_') :]} {v:.3g}" for k, v in ds.attrs.items() if k.startswith("obs_rmse_")
-    )
+    misfit = _misfit_text(ds)
     print(
         f"wrote {args.output}: {args.renderer}, {args.steps} steps, {ds.attrs['run_time_s']} s"
         + (f"; observation RMSE {misfit}" if misfit else "")
@@ -434,12 +443,10 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> None:
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
-    from pdediff.io.store import open_fields, output_format, write_fields
+    from pdediff.io.store import open_fields, write_fields
     from pdediff.latent import encode_dataset, load_autoencoder
 
-    output_format(args.output)
-    if Path(args.output).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    _check_output(args.output, args.overwrite)
     ae = load_autoencoder(args.autoencoder)
     z = encode_dataset(ae, open_fields(args.data), sample=args.sample, seed=args.seed)
     write_fields(z, args.output, overwrite=args.overwrite)
@@ -464,12 +471,10 @@ def _latent_obs_weight(values: list[str] | None) -> float | dict[str, float] | N
 
 
 def cmd_solve_latent(args: argparse.Namespace) -> None:
-    from pdediff.io.store import output_format, write_fields
+    from pdediff.io.store import write_fields
     from pdediff.latent import latent_solve
 
-    output_format(args.output)
-    if Path(args.output).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    _check_output(args.output, args.overwrite)
     weight = _latent_obs_weight(args.obs_weight)
     ds = latent_solve(
         args.model,
@@ -484,9 +489,7 @@ def cmd_solve_latent(args: argparse.Namespace) -> None:
         **({"obs_weight": weight} if weight is not None else {}),
     )
     write_fields(ds, args.output, overwrite=args.overwrite)
-    misfit = ", ".join(
-        f"{k[len('obs_rmse_') :]} {v:.3g}" for k, v in ds.attrs.items() if k.startswith("obs_rmse_")
-    )
+    misfit = _misfit_text(ds)
     print(
         f"wrote {args.output}: {args.members} members, {ds.attrs['run_time_s']} s; "
         f"observation RMSE {misfit}"
@@ -502,11 +505,9 @@ def _one_or_list(values: list | None):
 
 def cmd_solve_cascade(args: argparse.Namespace) -> None:
     from pdediff.cascade import cascade_solve
-    from pdediff.io.store import output_format, write_fields
+    from pdediff.io.store import write_fields
 
-    output_format(args.output)
-    if Path(args.output).exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    _check_output(args.output, args.overwrite)
     protocol = {
         "sampler": args.sampler,
         "pde_weight": args.pde_weight,

@@ -40,6 +40,7 @@ from pdediff.sds.renderers import (
     NeuralField,
     PhysicsRenderer,
 )
+from pdediff.solve.api import add_observations
 
 __all__ = ["RENDERERS", "build_renderer", "observation_terms", "sds_dataset", "sds_solve"]
 
@@ -146,17 +147,7 @@ def sds_dataset(
     """Fields (normalised ``(1, C, *grid)``) -> Dataset with the observations used and the
     per-step history."""
     ds = spec.to_dataset(result.fields)
-    for f, o in obs.fields.items():
-        name, dim = f"obs_{f}", f"n_obs_{f}"
-        coords = {f"{name}_{d}": (dim, np.asarray(p)) for d, p in o.positions.items()}
-        ds[name] = xr.DataArray(
-            np.asarray(o.values),
-            dims=dim,
-            coords=coords,
-            attrs={"long_name": f"observations of {f} used"},
-        )
-        if o.std is not None:
-            ds[f"{name}_std"] = xr.DataArray(np.asarray(o.std), dims=dim)
+    add_observations(ds, obs)
     ds["sds_sigma"] = xr.DataArray(
         np.asarray(result.history["sigma"]), dims="step", attrs={"long_name": "noise level"}
     )

@@ -141,6 +141,23 @@ def condition_params(
     return {**params, **given}
 
 
+def add_observations(ds: xr.Dataset, obs: Observations) -> xr.Dataset:
+    """Add the observations used to a result, in place: ``obs_f`` on dim ``n_obs_f`` with
+    the positions as coordinates ``obs_f_<dim>``, and ``obs_f_std`` where given."""
+    for f, o in obs.fields.items():
+        name, dim = f"obs_{f}", f"n_obs_{f}"
+        coords = {f"{name}_{d}": (dim, np.asarray(p)) for d, p in o.positions.items()}
+        ds[name] = xr.DataArray(
+            np.asarray(o.values),
+            dims=dim,
+            coords=coords,
+            attrs={"long_name": f"observations of {f} used"},
+        )
+        if o.std is not None:
+            ds[f"{name}_std"] = xr.DataArray(np.asarray(o.std), dims=dim)
+    return ds
+
+
 def posterior_dataset(samples, spec: FieldSpec, obs: Observations, attrs: Mapping) -> xr.Dataset:
     """Ensemble ``(M, C, *grid)`` (normalised) -> Dataset with members, mean, std and the
     observations used."""
@@ -164,17 +181,7 @@ def posterior_dataset(samples, spec: FieldSpec, obs: Observations, attrs: Mappin
             )
         )
     ds = xr.Dataset(out, attrs=dict(spec.attrs))
-    for f, o in obs.fields.items():
-        name, dim = f"obs_{f}", f"n_obs_{f}"
-        coords = {f"{name}_{d}": (dim, np.asarray(p)) for d, p in o.positions.items()}
-        ds[name] = xr.DataArray(
-            np.asarray(o.values),
-            dims=dim,
-            coords=coords,
-            attrs={"long_name": f"observations of {f} used"},
-        )
-        if o.std is not None:
-            ds[f"{name}_std"] = xr.DataArray(np.asarray(o.std), dims=dim)
+    add_observations(ds, obs)
     ds.attrs.update({k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in attrs.items()})
     return ds
 
