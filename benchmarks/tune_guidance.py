@@ -6,8 +6,9 @@ For each task and each weight in ``--weights`` the model is evaluated
 of the benchmark.  The weight with the lowest score of the inferred field (the Darcy error
 rate of ``a`` for the inverse task, the relative L2 error of ``u`` for the forward task; the
 relative L2 error elsewhere) is written to the model's ``guidance.json``
-(:data:`pdediff.solve.api.GUIDANCE_FILE`) under ``--preset``, with the sweep itself under
-``"tuning"``, so ``pdediff solve`` and ``pdediff demo`` use it.
+(:data:`pdediff.solve.api.GUIDANCE_FILE`) under ``--preset`` (with ``--steps`` when given),
+and the sweep itself under ``"tuning"`` per task, so ``pdediff solve`` and ``pdediff demo``
+use it.
 
     python benchmarks/tune_guidance.py --model MODEL --data val64.nc --samples 4 \\
         --weights 100 300 1000 3000 --out benchmarks/results/tune_guidance_darcy64.json
@@ -65,13 +66,22 @@ def sweep(args: argparse.Namespace, task: str) -> dict:
     return {"points": points, "best": best}
 
 
-def write_guidance(model: Path, preset: str, best: dict[str, dict], record: dict) -> Path:
+def write_guidance(
+    model: Path, preset: str, best: dict[str, dict], record: dict, steps: int | None
+) -> Path:
+    """Store each task's best weight (and ``steps``, when the sweep set them)."""
     path = model / GUIDANCE_FILE
     stored = json.loads(path.read_text()) if path.is_file() else {}
     for task, b in best.items():
-        current = model_guidance(model, preset, task)
-        stored.setdefault(preset, {})[task] = {**current, "default_obs_weight": b["weight"]}
-    stored["tuning"] = record
+        entry = {**model_guidance(model, preset, task), "default_obs_weight": b["weight"]}
+        stored.setdefault(preset, {})[task] = entry | ({"steps": steps} if steps else {})
+    for task in best:  # each task keeps the sweep that chose its weight
+        stored.setdefault("tuning", {})[task] = {
+            "command": record["command"],
+            "preset": preset,
+            "settings": record["settings"],
+            "sweep": record["sweeps"][task],
+        }
     with atomic_path(path, overwrite=True) as tmp:
         tmp.write_text(json.dumps(stored, indent=1) + "\n")
     return path
@@ -99,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"command": command_line(), "settings": settings, "sweeps": sweeps}
     if not args.dry_run:
         best = {task: s["best"] for task, s in sweeps.items()}
-        path = write_guidance(args.model, args.preset, best, record)
+        path = write_guidance(args.model, args.preset, best, record, args.steps)
         print(f"wrote {path}: " + ", ".join(f"{t} {b['weight']:g}" for t, b in best.items()))
     save(record, args.out)
     return record

@@ -160,5 +160,6 @@ def test_tune_guidance_writes_the_best_weight_to_the_model(checkpoint, data, tmp
         best = min(points, key=lambda p: p["score"])["weight"]
         assert resolve_protocol(model, "pdediff", task).default_obs_weight == best
     stored = json.loads((model / "guidance.json").read_text())
-    assert stored["tuning"]["settings"]["samples"] == 1
+    assert stored["tuning"]["inverse"]["settings"]["samples"] == 1
+    assert stored["pdediff"]["inverse"]["steps"] == 2
     assert json.loads((tmp_path / "tune.json").read_text())["machine"]["cpu_count"] >= 1

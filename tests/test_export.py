@@ -271,8 +271,10 @@ def test_export_carries_tuned_guidance_and_several_evaluations(checkpoint, tmp_p
     tuned = {
         "pdediff": {"inverse": {"default_obs_weight": 300.0}},
         "tuning": {
-            "command": "python benchmarks/tune_guidance.py ...",
-            "sweeps": {"inverse": {"points": [{"weight": 300.0, "score": 0.05, "metric": "err"}]}},
+            "inverse": {
+                "command": "python benchmarks/tune_guidance.py ...",
+                "sweep": {"points": [{"weight": 300.0, "score": 0.05, "metric": "err"}]},
+            }
         },
     }
     (src / "guidance.json").write_text(json.dumps(tuned))

@@ -560,13 +560,12 @@ def _md_guidance(g: Mapping[str, Any] | None) -> str:
         if preset != "tuning"
         for task, overrides in tasks.items()
     ]
-    tuning = g.get("tuning") or {}
-    if tuning.get("command"):
-        lines.append(f"- tuned by: `{tuning['command']}`")
-    for task, sweep in (tuning.get("sweeps") or {}).items():
-        pts = ", ".join(f"{p['weight']:g}: {100 * p['score']:.2f} %" for p in sweep["points"])
-        metric = sweep["points"][0]["metric"] if sweep["points"] else ""
+    for task, tuning in (g.get("tuning") or {}).items():
+        points = tuning["sweep"]["points"]
+        pts = ", ".join(f"{p['weight']:g}: {100 * p['score']:.2f} %" for p in points)
+        metric = points[0]["metric"] if points else ""
         lines.append(f"- {task} sweep ({metric}, validation data): {pts}")
+        lines.append(f"  by `{tuning['command']}`")
     return "## Guidance weights\n\nStored in guidance.json, used by `pdediff solve`:\n\n" + (
         "\n".join(lines)
     )
