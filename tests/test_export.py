@@ -285,3 +285,20 @@ def test_export_carries_tuned_guidance_and_several_evaluations(checkpoint, tmp_p
     assert [m.get("task") for m in facts["metrics"]] == [EVALUATION.get("task"), "inverse"]
     assert text.count("## Evaluation") == 2
     assert 'task inverse: {"default_obs_weight": 300.0}' in text and "300: 5.00 %" in text
+
+
+def test_the_shipped_darcy_model_loads_with_its_card_and_guidance():
+    from pdediff.models import shipped_model
+    from pdediff.solve.api import resolve_protocol
+    from pdediff.train import load_checkpoint
+
+    path = shipped_model("darcy64")
+    denoiser, spec, _ = load_checkpoint(path)
+    assert spec.attrs["pde"] == "darcy" and spec.shape == (64, 64)
+    assert list(spec.variables) == ["a", "u"]
+    x = torch.zeros(1, 2, 64, 64)
+    assert denoiser(x, torch.tensor([1.0])).shape == x.shape
+    card_facts = json.loads((path / "card.json").read_text())
+    assert card_facts["training"]["steps"] == json.loads((path / "state.json").read_text())["step"]
+    for task in ("forward", "inverse"):  # tuned weights, read by solve
+        assert resolve_protocol(path, "pdediff", task).default_obs_weight > 0
