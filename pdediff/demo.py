@@ -29,7 +29,7 @@ from pdediff.io.observations import Observations, observations_from_truth
 from pdediff.io.store import atomic_path, write_fields
 from pdediff.plot import plot_posterior
 from pdediff.solve.api import select_task, solve
-from pdediff.solve.evaluate import score_field
+from pdediff.solve.evaluate import grid_indices, score_field
 
 #: The observed field, the field scored, and the classical baseline of each task.
 TASKS = {"inverse": ("u", "a", "pde-fit"), "forward": ("a", "u", "interp-solve")}
@@ -43,18 +43,12 @@ def _truth(spec: FieldSpec, seed: int) -> xr.Dataset:
     return ds
 
 
-def _indices(obs: Observations, spec: FieldSpec, name: str) -> np.ndarray:
-    """Flat grid indices of the sensors of ``name`` (drawn on grid nodes)."""
-    pos = obs.fields[name].positions
-    index = [np.searchsorted(np.asarray(spec.coords[d]), pos[d]) for d in spec.dims]
-    return np.ravel_multi_index(index, spec.shape)
-
-
 def _baseline(task: str, obs: Observations, spec: FieldSpec, params: dict) -> dict:
     from pdediff.baselines import interpolate_then_solve, pde_constrained_fit
 
     observed = TASKS[task][0]
-    idx, values = _indices(obs, spec, observed), obs.fields[observed].values
+    sensors = obs.fields[observed]
+    idx, values = grid_indices(sensors, spec, observed), sensors.values
     if task == "forward":
         return interpolate_then_solve("darcy", spec.grid(), params, idx, values)
     return pde_constrained_fit("darcy", spec.grid(), params, idx, values)

@@ -323,7 +323,7 @@ def test_fno_method_predicts_from_the_same_sensors(checkpoint, test_set, fno_mod
         rows = {(r["method"], r["field"]): r for r in result.rows if r["sample"] == i}
         assert rows[("fno", "a")]["obs_seed"] == rows[("diffusion", "a")]["obs_seed"]
         f = draw_observations(test_set, spec, task, i, 0, points=10).fields[source]
-        idx = evaluate_module._grid_indices(f, spec, source)
+        idx = evaluate_module.grid_indices(f, spec, source)
         truth = test_set.isel(sample=[i])
         pred = fno.predict(idx, f.values)
         expected = relative_l2(pred[None], truth[target].values)[0]

@@ -241,7 +241,7 @@ class _Context:
     fno: Any = None  # the FNOBaseline of the "fno" method, loaded once
 
 
-def _grid_indices(obs: FieldObservations, spec: FieldSpec, name: str) -> np.ndarray:
+def grid_indices(obs: FieldObservations, spec: FieldSpec, name: str) -> np.ndarray:
     """Flat (C-order) grid indices of observations that lie on grid nodes."""
     index = []
     for d in spec.dims:
@@ -279,10 +279,10 @@ def _run_interp_solve(ctx: _Context, obs: Observations) -> dict:
     kwargs = dict(ctx.options.get("interp-solve", {}))
     if "u" in obs.fields:  # joint task: hold u at its sensors
         kwargs.update(
-            u_idx=_grid_indices(obs.fields["u"], ctx.spec, "u"), u_values=obs.fields["u"].values
+            u_idx=grid_indices(obs.fields["u"], ctx.spec, "u"), u_values=obs.fields["u"].values
         )
     return interpolate_then_solve(
-        ctx.family, ctx.grid, ctx.params, _grid_indices(a, ctx.spec, "a"), a.values, **kwargs
+        ctx.family, ctx.grid, ctx.params, grid_indices(a, ctx.spec, "a"), a.values, **kwargs
     )
 
 
@@ -294,7 +294,7 @@ def _run_pde_fit(ctx: _Context, obs: Observations) -> dict:
         ctx.family,
         ctx.grid,
         ctx.params,
-        _grid_indices(u, ctx.spec, "u"),
+        grid_indices(u, ctx.spec, "u"),
         u.values,
         **ctx.options.get("pde-fit", {}),
     )
@@ -339,7 +339,7 @@ def _run_fno(ctx: _Context, obs: Observations) -> dict:
     from pdediff.baselines.classical import fill_field
 
     f = obs.fields[ctx.fno.source]
-    idx = _grid_indices(f, ctx.spec, ctx.fno.source)
+    idx = grid_indices(f, ctx.spec, ctx.fno.source)
     return {
         ctx.fno.source: fill_field(ctx.grid, idx, np.asarray(f.values, np.float64)),
         ctx.fno.target: ctx.fno.predict(idx, f.values),
