@@ -19,6 +19,7 @@ from pdediff.core.guidance import (
     CallableTerm,
     ObservationTerm,
     ResidualTerm,
+    consistency_correction,
     guidance_grad,
     guided_denoiser,
     sigma_at_step_fraction,
@@ -218,6 +219,52 @@ def test_step_correction_normalize_and_reuse_denoised():
     torch.testing.assert_close(corr(x, sigma, den, 0), x - 0.2 * g0)
     with pytest.raises(ValueError):
         step_correction(None, [(obs, 0.2)], reuse_denoised=True)
+
+
+def test_consistency_first_step_is_adam_sign_step_on_the_estimate():
+    torch.manual_seed(7)
+    n, lr = 3, 0.05
+    obs, res = _terms(n)
+    x = torch.randn(n, *SHAPE, dtype=DT)
+    sigma = torch.tensor(0.6, dtype=DT)
+    corr = consistency_correction(_nonlinear_denoiser, [(obs, 0.3), (res, 2.0)], 1, lr=lr)
+    d = _nonlinear_denoiser(x, sigma).requires_grad_(True)
+    (g,) = torch.autograd.grad(0.3 * obs.loss(d).sum() + 2.0 * res.loss(d).sum(), d)
+    # Adam's first step is -lr * g / (|g| + eps): the sign, elementwise; the noise is kept.
+    step = -lr * g / (g.abs() + 1e-8)
+    torch.testing.assert_close(corr(x, sigma, x, 0), x + step)
+
+
+def test_consistency_fits_observations_keeps_unobserved_and_members_independent():
+    n = 4
+    y = _y(n) + torch.arange(n, dtype=DT)[:, None]  # a different target per member
+    term = ObservationTerm(select, y, norm="l2sq")
+    corr = consistency_correction(None, [(term, 1.0)], 400, lr=0.05)
+    x = torch.randn(n, *SHAPE, dtype=DT, generator=torch.Generator().manual_seed(8))
+    out = corr(x, torch.tensor(0.0, dtype=DT), x, 0)  # sigma = 0: the state is the estimate
+    assert (select(out) - y).abs().max() < 1e-2
+    free = [i for i in range(8) if i not in OBS.tolist()]
+    torch.testing.assert_close(out.flatten(1)[:, free], x.flatten(1)[:, free])
+    one = consistency_correction(
+        None, [(ObservationTerm(select, y[2:3], norm="l2sq"), 1.0)], 400, lr=0.05
+    )
+    torch.testing.assert_close(one(x[2:3], torch.tensor(0.0, dtype=DT), x, 0), out[2:3])
+
+
+def test_consistency_sigma_window_errors_and_non_finite():
+    n = 2
+    obs, _ = _terms(n)
+    x = torch.randn(n, *SHAPE, dtype=DT)
+    corr = consistency_correction(_nonlinear_denoiser, [(obs, 1.0)], 3, sigma_max=1.0)
+    assert torch.equal(corr(x, torch.tensor(2.0, dtype=DT), x, 0), x)
+    assert not torch.equal(corr(x, torch.tensor(0.5, dtype=DT), x, 0), x)
+    for bad in ({"iterations": 0}, {"iterations": 2, "lr": 0.0}):
+        with pytest.raises(ValueError):
+            consistency_correction(_nonlinear_denoiser, [(obs, 1.0)], **bad)
+    sqrt0 = CallableTerm(lambda x0: torch.sqrt(0 * x0).flatten(1).sum(1), name="pde")
+    corr = consistency_correction(_nonlinear_denoiser, [(obs, 1.0), (sqrt0, 1.0)], 2)
+    with pytest.raises(FloatingPointError, match="'pde'.*gradient"):
+        corr(x, torch.tensor(0.5, dtype=DT), x, 0)
 
 
 def test_weight_schedules():

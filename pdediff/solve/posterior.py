@@ -45,6 +45,7 @@ from pdediff.core.compose import bind_condition, cfg
 from pdediff.core.guidance import (
     ObservationTerm,
     ResidualTerm,
+    consistency_correction,
     sigma_at_step_fraction,
     step_correction,
     switch,
@@ -89,6 +90,14 @@ class Protocol:
         Classifier-free guidance weight ``w`` of a conditioned model (see the module
         docstring): 0 samples the conditional model, larger values follow the condition
         more strongly (typically 0.5-3).
+    consistency_steps, consistency_lr, consistency_sigma_max
+        With ``consistency_steps = K > 0`` the guidance is data consistency on the clean
+        estimate instead of the step correction
+        (:func:`pdediff.core.guidance.consistency_correction`): after every sampler step
+        at ``sigma <= consistency_sigma_max``, ``K`` Adam steps of learning rate
+        ``consistency_lr`` (normalised units) on the weighted guidance loss move the
+        denoiser's estimate, the noise is kept.  The network is never differentiated, so
+        the solver can be fitted tightly for the cost of ``K`` solves and adjoints.
     """
 
     sampler: str = "heun"
@@ -104,6 +113,9 @@ class Protocol:
     solver: bool | None = False
     cfg_weight: float = 0.0
     sampler_options: Mapping[str, float] = field(default_factory=dict)
+    consistency_steps: int = 0
+    consistency_lr: float = 0.02
+    consistency_sigma_max: float = float("inf")
 
     def with_overrides(self, **kwargs) -> Protocol:
         """A copy with the given attributes replaced (``None`` values are ignored)."""
@@ -148,6 +160,11 @@ def _check(protocol: Protocol, spec: FieldSpec) -> None:
     weights.append(protocol.cfg_weight)
     if any(w < 0 or w != w for w in weights):
         raise PdediffError(f"guidance weights must be >= 0, got {protocol.to_dict()}")
+    if protocol.consistency_steps < 0 or not protocol.consistency_lr > 0:
+        raise PdediffError(
+            f"consistency_steps must be >= 0 and consistency_lr > 0, got "
+            f"{protocol.consistency_steps} and {protocol.consistency_lr}"
+        )
     if protocol.cfg_weight == float("inf"):
         raise PdediffError("cfg_weight must be finite (typically 0.5-3)")
 
@@ -284,6 +301,22 @@ def conditioned_denoiser(
     return bind_condition(cfg(denoiser, cfg_weight), batch)
 
 
+def _correction(denoiser: Denoiser, terms: list, protocol: Protocol):
+    """The guidance correction: the step correction, or data consistency (see
+    :class:`Protocol`); None without terms."""
+    if not terms:
+        return None
+    if protocol.consistency_steps:
+        return consistency_correction(
+            denoiser,
+            terms,
+            protocol.consistency_steps,
+            protocol.consistency_lr,
+            protocol.consistency_sigma_max,
+        )
+    return step_correction(denoiser, terms)
+
+
 def sample_posterior(
     denoiser: Denoiser,
     spec: FieldSpec,
@@ -334,7 +367,7 @@ def sample_posterior(
     if solved is not None:
         residual = None  # u(a) solves the discrete PDE: the residual is zero
     terms = guidance_terms(model, spec, protocol, sigmas, residual, solved)
-    correction = step_correction(denoiser, terms) if terms else None
+    correction = _correction(denoiser, terms, protocol)
     generator = torch.Generator().manual_seed(seed)
     x = sigmas[0] * torch.randn(
         members, len(spec.variables), *spec.shape, generator=generator, dtype=dtype
