@@ -1,22 +1,28 @@
-"""Tune a model's observation-guidance weight per task on validation data; store the best.
+"""Tune a model's guidance settings per task on validation data; store the best.
 
-For each task and each weight in ``--weights`` the model is evaluated
-(:func:`pdediff.solve.evaluate.evaluate`, the same sensors for every weight) on the first
+For each task and each point of the grid (``--weights`` for the observation weight, and any
+protocol field with ``--grid NAME=V1,V2,...``; the points are their product, ``--set
+NAME=V`` fixes a field for all of them) the model is evaluated
+(:func:`pdediff.solve.evaluate.evaluate`, the same sensors for every point) on the first
 ``--samples`` samples of ``--data``, which must be validation samples, never the test set
 of the benchmark.  The weight with the lowest score of the inferred field (the Darcy error
 rate of ``a`` for the inverse task, the relative L2 error of ``u`` for the forward task; the
-relative L2 error elsewhere) is written to the model's ``guidance.json``
+relative L2 error elsewhere; coverage and spread-skill are recorded beside it) is written,
+with the ``--set`` fields, to the model's ``guidance.json``
 (:data:`pdediff.solve.api.GUIDANCE_FILE`) under ``--preset`` (with ``--steps`` when given),
 and the sweep itself under ``"tuning"`` per task, so ``pdediff solve`` and ``pdediff demo``
 use it.
 
     python benchmarks/tune_guidance.py --model MODEL --data val64.nc --samples 4 \\
         --weights 100 300 1000 3000 --out benchmarks/results/tune_guidance_darcy64.json
+    python benchmarks/tune_guidance.py ... --tasks inverse --weights 3000 \
+        --grid consistency_steps=10,20,40 --set consistency_lr=0.05
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -33,6 +39,8 @@ from _common import command_line, save  # noqa: E402
 
 #: The field each task infers; scored by its error rate where there is one.
 TARGET = {"forward": "u", "inverse": "a"}
+#: Recorded beside the score: a setting that fits tighter may be overconfident.
+CALIBRATION = ("coverage90", "spread_skill")
 
 
 def score(summary: dict, task: str) -> tuple[float, str]:
@@ -42,9 +50,39 @@ def score(summary: dict, task: str) -> tuple[float, str]:
     return float(entry[key]["mean"]), f"{key} of {TARGET[task]}"
 
 
+def _value(text: str) -> float | int:
+    number = float(text)
+    return int(number) if number.is_integer() and "." not in text and "e" not in text else number
+
+
+def parse_assignments(items: list[str], many: bool) -> dict:
+    """``["name=v1,v2", ...]`` -> ``{name: [v1, v2]}`` (or ``{name: v}`` with ``many=False``)."""
+    out = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or not values:
+            raise SystemExit(f"expected NAME=VALUE{',...' if many else ''}, got {item!r}")
+        parsed = [_value(v) for v in values.split(",")]
+        if not many and len(parsed) != 1:
+            raise SystemExit(f"--set takes one value, got {item!r}")
+        out[name] = parsed if many else parsed[0]
+    return out
+
+
+def grid_points(args: argparse.Namespace) -> list[dict]:
+    """The product of ``--weights`` and the ``--grid`` values, one settings dict each."""
+    axes = {"default_obs_weight": list(args.weights)} | parse_assignments(args.grid, True)
+    return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+
+
+def _describe(settings: dict) -> str:
+    return " ".join(f"{k}={v:g}" for k, v in settings.items())
+
+
 def sweep(args: argparse.Namespace, task: str) -> dict:
     points = []
-    for w in args.weights:
+    fixed = parse_assignments(args.set, False)
+    for settings in grid_points(args):
         t0 = time.perf_counter()
         ev = evaluate(
             args.model,
@@ -53,27 +91,43 @@ def sweep(args: argparse.Namespace, task: str) -> dict:
             points=args.points,
             members=args.members,
             preset=args.preset,
-            protocol={"default_obs_weight": w, "steps": args.steps},
+            protocol={**fixed, **settings, "steps": args.steps},
             samples=args.samples,
             seed=args.seed,
             progress=False,
         )
-        value, name = score(ev.summary(), task)
-        points.append({"weight": w, "score": value, "metric": name, "seconds": 0.0})
-        points[-1]["seconds"] = round(time.perf_counter() - t0, 1)
-        print(f"{task:8s} weight {w:>10g}: {name} {100 * value:6.2f} %", flush=True)
+        summary = ev.summary()
+        value, name = score(summary, task)
+        calib = {k: summary["diffusion"][TARGET[task]][k]["mean"] for k in CALIBRATION}
+        points.append(
+            {"weight": settings["default_obs_weight"], "settings": settings, "score": value}
+            | {"metric": name, "calibration": calib}
+            | {"seconds": round(time.perf_counter() - t0, 1)}
+        )
+        print(
+            f"{task:8s} {_describe(settings)}: {name} {100 * value:6.2f} %, "
+            + ", ".join(f"{k} {v:.3g}" for k, v in calib.items()),
+            flush=True,
+        )
     best = min(points, key=lambda p: p["score"])
     return {"points": points, "best": best}
 
 
 def write_guidance(
-    model: Path, preset: str, best: dict[str, dict], record: dict, steps: int | None
+    model: Path,
+    preset: str,
+    best: dict[str, dict],
+    record: dict,
+    steps: int | None,
+    fixed: dict | None = None,
 ) -> Path:
-    """Store each task's best weight (and ``steps``, when the sweep set them)."""
+    """Store each task's best settings, the ``fixed`` ones (and ``steps``, when the sweep
+    set them)."""
     path = model / GUIDANCE_FILE
     stored = json.loads(path.read_text()) if path.is_file() else {}
     for task, b in best.items():
-        entry = {**model_guidance(model, preset, task), "default_obs_weight": b["weight"]}
+        chosen = b.get("settings", {"default_obs_weight": b["weight"]})
+        entry = {**model_guidance(model, preset, task), **(fixed or {}), **chosen}
         stored.setdefault(preset, {})[task] = entry | ({"steps": steps} if steps else {})
     for task in best:  # each task keeps the sweep that chose its weight
         stored.setdefault("tuning", {})[task] = {
@@ -93,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", required=True, help="validation fields (not the test set)")
     p.add_argument("--tasks", nargs="+", default=["inverse", "forward"])
     p.add_argument("--weights", type=float, nargs="+", default=[100, 300, 1000, 3000])
+    p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=V")
     p.add_argument("--preset", default="pdediff")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (preset's default)")
     p.add_argument("--points", type=int, default=500)
@@ -109,8 +165,10 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"command": command_line(), "settings": settings, "sweeps": sweeps}
     if not args.dry_run:
         best = {task: s["best"] for task, s in sweeps.items()}
-        path = write_guidance(args.model, args.preset, best, record, args.steps)
-        print(f"wrote {path}: " + ", ".join(f"{t} {b['weight']:g}" for t, b in best.items()))
+        fixed = parse_assignments(args.set, False)
+        path = write_guidance(args.model, args.preset, best, record, args.steps, fixed)
+        chosen = ", ".join(f"{t} {_describe(b['settings'])}" for t, b in best.items())
+        print(f"wrote {path}: {chosen}")
     save(record, args.out)
     return record
 

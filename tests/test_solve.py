@@ -114,6 +114,8 @@ def test_bad_protocols(darcy):
         (Protocol(steps=0), "steps must be >= 1"),
         (Protocol(obs_weight={"b": 1.0}), r"unknown field\(s\) \['b'\]"),
         (Protocol(pde_weight=-1.0), "must be >= 0"),
+        (Protocol(consistency_steps=-1), "consistency_steps must be >= 0"),
+        (Protocol(consistency_steps=2, consistency_lr=0.0), "consistency_lr > 0"),
     ]:
         with pytest.raises(PdediffError, match=msg):
             sample_posterior(standard_normal_denoiser, spec, model, proto)
@@ -199,8 +201,12 @@ def test_solver_mode_returns_exact_solutions_and_fits_the_u_sensors(name):
     model = build_operator(obs, spec)
     fam = FAMILIES[name]
     misfit = {}
-    for w in (0.0, 1.0):
-        proto = Protocol(steps=30, default_obs_weight=w, solver=True)
+    protocols = {
+        "none": Protocol(steps=30, default_obs_weight=0.0, solver=True),
+        "step": Protocol(steps=30, default_obs_weight=1.0, solver=True),
+        "consistency": Protocol(steps=30, solver=True, consistency_steps=5, consistency_lr=0.05),
+    }
+    for key, proto in protocols.items():
         x = sample_posterior(
             standard_normal_denoiser, spec, model, proto, members=6, family=fam, seed=1
         )
@@ -210,9 +216,10 @@ def test_solver_mode_returns_exact_solutions_and_fits_the_u_sensors(name):
             np.testing.assert_allclose(u, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
             if name == "darcy":  # clipped to the prior's two levels' range
                 assert a.min() >= 3.0 - 1e-5 and a.max() <= 12.0 + 1e-5
-        misfit[w] = float((model.operator(x.double()) - model.y).norm(dim=1).mean())
+        misfit[key] = float((model.operator(x.double()) - model.y).norm(dim=1).mean())
     # u is never sampled, yet guidance through the solver pulls it onto the sensors
-    assert misfit[1.0] < 0.7 * misfit[0.0]
+    assert misfit["step"] < 0.7 * misfit["none"]
+    assert misfit["consistency"] < 0.7 * misfit["none"]
 
 
 def test_model_guidance_file_and_presets(checkpoint, darcy, tmp_path):

@@ -98,6 +98,7 @@ class Protocol:
         ``consistency_lr`` (normalised units) on the weighted guidance loss move the
         denoiser's estimate, the noise is kept.  The network is never differentiated, so
         the solver can be fitted tightly for the cost of ``K`` solves and adjoints.
+        ``consistency_sigma_max = None``: at every step.
     """
 
     sampler: str = "heun"
@@ -115,7 +116,7 @@ class Protocol:
     sampler_options: Mapping[str, float] = field(default_factory=dict)
     consistency_steps: int = 0
     consistency_lr: float = 0.02
-    consistency_sigma_max: float = float("inf")
+    consistency_sigma_max: float | None = None
 
     def with_overrides(self, **kwargs) -> Protocol:
         """A copy with the given attributes replaced (``None`` values are ignored)."""
@@ -307,12 +308,13 @@ def _correction(denoiser: Denoiser, terms: list, protocol: Protocol):
     if not terms:
         return None
     if protocol.consistency_steps:
+        sigma_max = protocol.consistency_sigma_max
         return consistency_correction(
             denoiser,
             terms,
             protocol.consistency_steps,
             protocol.consistency_lr,
-            protocol.consistency_sigma_max,
+            float("inf") if sigma_max is None else sigma_max,
         )
     return step_correction(denoiser, terms)
 

@@ -562,13 +562,19 @@ def _md_guidance(g: Mapping[str, Any] | None) -> str:
     ]
     for task, tuning in (g.get("tuning") or {}).items():
         points = tuning["sweep"]["points"]
-        pts = ", ".join(f"{p['weight']:g}: {100 * p['score']:.2f} %" for p in points)
+        pts = "; ".join(f"{_point_label(p)}: {100 * p['score']:.2f} %" for p in points)
         metric = points[0]["metric"] if points else ""
         lines.append(f"- {task} sweep ({metric}, validation data): {pts}")
         lines.append(f"  by `{tuning['command']}`")
     return "## Guidance weights\n\nStored in guidance.json, used by `pdediff solve`:\n\n" + (
         "\n".join(lines)
     )
+
+
+def _point_label(point: Mapping[str, Any]) -> str:
+    """A sweep point's settings (older sweeps varied the observation weight only)."""
+    settings = point.get("settings") or {"default_obs_weight": point["weight"]}
+    return ", ".join(f"{k} {v:g}" for k, v in settings.items())
 
 
 def _md_metrics(m: Mapping[str, Any] | None) -> str:
