@@ -53,6 +53,7 @@ from pdediff.errors import PdediffError
 from pdediff.io.store import open_fields
 from pdediff.solve.api import PRESETS, resolve_protocol
 from pdediff.solve.evaluate import BASELINE_FAMILIES, evaluate, table_paths
+from pdediff.solve.posterior import Protocol
 from pdediff.train import read_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -167,6 +168,14 @@ def expected_meta(model: str, data: str, kwargs: Mapping) -> dict:
     )
 
 
+def _with_defaults(protocol: Mapping | None) -> dict | None:
+    """A stored protocol with the fields it predates set to their defaults (the value they
+    had, in effect, when it was made)."""
+    if protocol is None:
+        return None
+    return _normal(Protocol().to_dict()) | dict(protocol)
+
+
 def run_part(
     path: Path, model: str, data: str, kwargs: Mapping, *, resume: bool, overwrite: bool
 ) -> tuple[dict, str]:
@@ -176,6 +185,7 @@ def run_part(
     want = expected_meta(model, data, kwargs)
     if resume and path.is_file():
         doc = json.loads(path.read_text())
+        doc["protocol"] = _with_defaults(doc.get("protocol"))
         differ = [k for k in MATCHED if _normal(doc.get(k)) != want[k]]
         if doc.get("complete") and not differ:
             return doc, "reused"

@@ -6,7 +6,14 @@ renderers (neural field, soft ellipses, physics through the reference solver) an
 :func:`sds_solve` the checkpoint-and-observations-to-Dataset entry point of ``pdediff sds``.
 """
 
-from pdediff.sds.api import RENDERERS, build_renderer, observation_terms, sds_dataset, sds_solve
+from pdediff.sds.api import (
+    RENDERERS,
+    build_renderer,
+    observation_terms,
+    sds_dataset,
+    sds_fit,
+    sds_solve,
+)
 from pdediff.sds.optimize import (
     SIGMA_SCHEDULES,
     WEIGHTINGS,
@@ -37,6 +44,7 @@ __all__ = [
     "observation_terms",
     "sds_dataset",
     "sds_optimize",
+    "sds_fit",
     "sds_solve",
     "sds_surrogate",
     "spec_params",

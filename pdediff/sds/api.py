@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ import xarray as xr
 from torch import nn
 
 from pdediff.core.guidance import ObservationTerm
+from pdediff.core.types import Denoiser
 from pdediff.errors import PdediffError
 from pdediff.io.conventions import history_line
 from pdediff.io.fieldspec import FieldSpec
@@ -42,7 +44,14 @@ from pdediff.sds.renderers import (
 )
 from pdediff.solve.api import add_observations
 
-__all__ = ["RENDERERS", "build_renderer", "observation_terms", "sds_dataset", "sds_solve"]
+__all__ = [
+    "RENDERERS",
+    "build_renderer",
+    "observation_terms",
+    "sds_dataset",
+    "sds_fit",
+    "sds_solve",
+]
 
 Builder = Callable[[FieldSpec, PDEFamily | None, Mapping], nn.Module]
 
@@ -160,6 +169,42 @@ def sds_dataset(
     return ds
 
 
+def sds_fit(
+    denoiser: Denoiser,
+    spec: FieldSpec,
+    family: PDEFamily | None,
+    observations: Observations,
+    renderer: str,
+    *,
+    obs_weight: float,
+    ellipses: int,
+    seed: int,
+    progress: bool = False,
+    **settings: Any,
+) -> tuple[nn.Module, SDSResult, ObservationModel]:
+    """Build ``renderer`` for ``spec`` and fit it by :func:`sds_optimize` (``settings``: its
+    ``steps``, ``lr``, ``sigma_min``, ``sigma_max``, ``weighting``, ``schedule``) to the
+    prior of ``denoiser`` and to ``observations`` (squared misfits of weight
+    ``obs_weight``).  Returns the fitted renderer (e.g. to render it on another grid), the
+    result and the observation model (normalised)."""
+    from tqdm.auto import tqdm
+
+    model = build_operator(observations, spec, normalised=True)
+    render = build_renderer(renderer, spec, family, seed=seed, ellipses=ellipses)
+    terms = observation_terms(model, obs_weight) if obs_weight > 0 else []
+    steps = settings["steps"]
+    with tqdm(total=steps, desc=f"sds {renderer}", unit="step", disable=not progress) as bar:
+        result = sds_optimize(
+            render,
+            denoiser,
+            guidance_terms=terms,
+            generator=seed,
+            callback=lambda info: bar.update(1),
+            **settings,
+        )
+    return render, result, model
+
+
 def sds_solve(
     checkpoint: str | os.PathLike,
     observations: str | os.PathLike | Observations,
@@ -196,8 +241,6 @@ def sds_solve(
     seed
         Seed of the renderer's initial parameters and of the noise.
     """
-    from tqdm.auto import tqdm
-
     from pdediff.train import load_checkpoint
 
     if obs_weight < 0:
@@ -210,24 +253,13 @@ def sds_solve(
         )
     if not isinstance(observations, Observations):
         observations = read_observations(observations)
-    model = build_operator(observations, spec, normalised=True)
     family = FAMILIES.get(str(spec.attrs.get("pde")))
-    render = build_renderer(renderer, spec, family, seed=seed, ellipses=ellipses)
-    terms = observation_terms(model, obs_weight) if obs_weight > 0 else []
-    with tqdm(total=steps, desc=f"sds {renderer}", unit="step", disable=not progress) as bar:
-        result = sds_optimize(
-            render,
-            denoiser,
-            steps=steps,
-            lr=lr,
-            sigma_min=sigma_min,
-            sigma_max=sigma_max,
-            weighting=weighting,
-            schedule=schedule,
-            guidance_terms=terms,
-            generator=seed,
-            callback=lambda info: bar.update(1),
-        )
+    settings = {"steps": steps, "lr": lr, "sigma_min": sigma_min, "sigma_max": sigma_max}
+    settings |= {"weighting": weighting, "schedule": schedule}
+    _, result, model = sds_fit(
+        denoiser, spec, family, observations, renderer,
+        obs_weight=obs_weight, ellipses=ellipses, seed=seed, progress=progress, **settings,
+    )  # fmt: skip
     attrs = {
         "model": str(checkpoint),
         "method": "sds",

@@ -221,7 +221,8 @@ def solver_map(
         phys = spec.denormalise(x0)
         a = phys[:, ia]
         if "a_low" in p:
-            a = a + (a.clamp(p["a_low"], p["a_high"]) - a).detach()
+            # value exactly the clipped one (a + (clip - a) rounds for large |a|), slope 1
+            a = a.clamp(p["a_low"], p["a_high"]).detach() + (a - a.detach())
         u = solve_torch(family, a, grid, p)
         channels = list(phys.unbind(1))
         channels[ia], channels[iu] = a, u
