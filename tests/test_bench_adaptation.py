@@ -4,22 +4,16 @@ part."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
-
-def _script():
-    path = BENCHMARKS / "adaptation_table.py"
-    spec = importlib.util.spec_from_file_location("benchmark_adaptation_table", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def script(load_benchmark):
+    return load_benchmark("adaptation_table")
 
 
 TINY = [
@@ -44,10 +38,9 @@ def _finite_stats(node) -> int:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, script):
     folder = tmp_path_factory.mktemp("adapt")
     argv = [*TINY, "--work", str(folder / "work"), "--out", str(folder / "adapt.json")]
-    script = _script()
     return script, argv, script.main(argv), folder
 
 
@@ -111,6 +104,6 @@ def test_resume_reuses_everything(run, capsys):
     assert "fine-tuning" not in printed and "product-w0.5" in printed
 
 
-def test_only_prior_parameters_may_change(tmp_path):
+def test_only_prior_parameters_may_change(tmp_path, script):
     with pytest.raises(SystemExit, match="prior parameters"):
-        _script().main(["--work", str(tmp_path), "--out", "x.json", "--new-param", "a_high=20"])
+        script.main(["--work", str(tmp_path), "--out", "x.json", "--new-param", "a_high=20"])

@@ -4,7 +4,6 @@ documents; --resume reuses every record; the k fits recover k from exact pairs."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -15,7 +14,6 @@ import pytest
 from pdediff.generate import generate
 from pdediff.pde.registry import FAMILIES
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 K_TEST = (2.5, 4.2)  # inside and outside the training range 1:4
 LABELS = {
     "known-solver-w0",
@@ -28,12 +26,8 @@ LABELS = {
 
 
 @pytest.fixture(scope="module")
-def cfg_table():
-    path = BENCHMARKS / "cfg_table.py"
-    spec = importlib.util.spec_from_file_location("benchmark_cfg_table", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def cfg_table(load_benchmark):
+    return load_benchmark("cfg_table")
 
 
 def _finite(x) -> bool:

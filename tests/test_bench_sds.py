@@ -4,7 +4,6 @@ JSON it documents; --resume reuses every fit and the posterior table."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -15,17 +14,10 @@ import pytest
 from pdediff.generate import generate
 from pdediff.io import write_fields
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def sds_table():
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_sds_table", BENCHMARKS / "sds_table.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def sds_table(load_benchmark):
+    return load_benchmark("sds_table")
 
 
 @pytest.fixture(scope="module")

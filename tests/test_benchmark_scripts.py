@@ -4,7 +4,6 @@ they document; --resume reuses complete tables."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,15 +11,6 @@ import pytest
 
 from pdediff.generate import generate
 from pdediff.io import write_fields
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +34,8 @@ def fno_dirs(tmp_path_factory):
     }
 
 
-def test_solver_table(checkpoint, data, fno_dirs, tmp_path, capsys):
-    solver_table = _script("solver_table")
+def test_solver_table(checkpoint, data, fno_dirs, tmp_path, capsys, load_benchmark):
+    solver_table = load_benchmark("solver_table")
     out = tmp_path / "table.json"
     argv = [
         "--model", str(checkpoint), "--data", str(data), "--family", "darcy",
@@ -93,8 +83,8 @@ def test_solver_table(checkpoint, data, fno_dirs, tmp_path, capsys):
     assert again["rows"] == result["rows"]
 
 
-def test_ablations(checkpoint, data, tmp_path, capsys):
-    ablations = _script("ablations")
+def test_ablations(checkpoint, data, tmp_path, capsys, load_benchmark):
+    ablations = load_benchmark("ablations")
     out = tmp_path / "abl.json"
     argv = [
         "--model", str(checkpoint), "--data", str(data), "--samples", "2", "--members", "2",
@@ -144,7 +134,7 @@ def test_ablations(checkpoint, data, tmp_path, capsys):
     assert list(one["studies"]) == ["members"]
 
 
-def test_tune_guidance_writes_the_best_weight_to_the_model(checkpoint, data, tmp_path):
+def test_tune_guidance_writes_the_best_weight(checkpoint, data, tmp_path, load_benchmark):
     import shutil
 
     from pdediff.solve.api import resolve_protocol
@@ -153,7 +143,7 @@ def test_tune_guidance_writes_the_best_weight_to_the_model(checkpoint, data, tmp
     shutil.copytree(checkpoint, model)
     argv = ["--model", str(model), "--data", str(data), "--samples", "1", "--members", "2"]
     argv += ["--steps", "2", "--points", "6", "--weights", "1", "5", "--threads", "1"]
-    record = _script("tune_guidance").main([*argv, "--out", str(tmp_path / "tune.json")])
+    record = load_benchmark("tune_guidance").main([*argv, "--out", str(tmp_path / "tune.json")])
     for task in ("inverse", "forward"):
         points = record["sweeps"][task]["points"]
         assert [p["weight"] for p in points] == [1.0, 5.0]
@@ -163,3 +153,23 @@ def test_tune_guidance_writes_the_best_weight_to_the_model(checkpoint, data, tmp
     assert stored["tuning"]["inverse"]["settings"]["samples"] == 1
     assert stored["pdediff"]["inverse"]["steps"] == 2
     assert json.loads((tmp_path / "tune.json").read_text())["machine"]["cpu_count"] >= 1
+
+
+def test_tune_guidance_grid_of_protocol_fields(checkpoint, data, tmp_path, load_benchmark):
+    import shutil
+
+    from pdediff.solve.api import resolve_protocol
+
+    model = tmp_path / "model"
+    shutil.copytree(checkpoint, model)
+    argv = ["--model", str(model), "--data", str(data), "--samples", "1", "--members", "2"]
+    argv += ["--steps", "2", "--points", "6", "--weights", "1", "--tasks", "inverse"]
+    argv += ["--grid", "consistency_steps=0,3", "--set", "consistency_lr=0.05"]
+    record = load_benchmark("tune_guidance").main([*argv, "--threads", "1"])
+    points = record["sweeps"]["inverse"]["points"]
+    assert [p["settings"]["consistency_steps"] for p in points] == [0, 3]
+    assert all(set(p["calibration"]) == {"coverage90", "spread_skill"} for p in points)
+    best = min(points, key=lambda p: p["score"])["settings"]
+    protocol = resolve_protocol(model, "pdediff", "inverse")
+    assert protocol.consistency_steps == best["consistency_steps"]
+    assert protocol.consistency_lr == 0.05
