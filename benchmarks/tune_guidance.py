@@ -26,6 +26,7 @@ import itertools
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -79,10 +80,32 @@ def _describe(settings: dict) -> str:
     return " ".join(f"{k}={v:g}" for k, v in settings.items())
 
 
-def sweep(args: argparse.Namespace, task: str) -> dict:
+#: Settings a stored point must share to be reused by ``--resume``.
+SAME_RUN = ("model", "data", "preset", "steps", "points", "members", "samples", "seed", "set")
+
+
+def previous_points(args: argparse.Namespace, task: str) -> list[dict]:
+    """The points of ``--out`` for ``task`` made with the same run settings (``--resume``)."""
+    if not (args.resume and args.out and Path(args.out).is_file()):
+        return []
+    old = json.loads(Path(args.out).read_text())
+    now = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    if any(old.get("settings", {}).get(k) != now[k] for k in SAME_RUN):
+        return []
+    return old.get("sweeps", {}).get(task, {}).get("points", [])
+
+
+def sweep(args: argparse.Namespace, task: str, saved: Callable[[str, list], None]) -> dict:
+    """Evaluate every grid point for ``task`` (reusing ``--resume`` points), calling
+    ``saved(task, points)`` after each so an interrupted sweep keeps what it measured."""
     points = []
     fixed = parse_assignments(args.set, False)
+    done = {json.dumps(p["settings"], sort_keys=True): p for p in previous_points(args, task)}
     for settings in grid_points(args):
+        if json.dumps(settings, sort_keys=True) in done:
+            points.append(done[json.dumps(settings, sort_keys=True)])
+            print(f"{task:8s} {_describe(settings)}: reused", flush=True)
+            continue
         t0 = time.perf_counter()
         ev = evaluate(
             args.model,
@@ -109,6 +132,7 @@ def sweep(args: argparse.Namespace, task: str) -> dict:
             + ", ".join(f"{k} {v:.3g}" for k, v in calib.items()),
             flush=True,
         )
+        saved(task, points)
     best = min(points, key=lambda p: p["score"])
     return {"points": points, "best": best}
 
@@ -157,11 +181,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dry-run", action="store_true", help="do not write guidance.json")
+    p.add_argument("--resume", action="store_true", help="reuse the points saved in --out")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    sweeps = {task: sweep(args, task) for task in args.tasks}
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    sweeps: dict[str, dict] = {}
+
+    def saved(task: str, points: list) -> None:
+        save({"settings": settings, "sweeps": {**sweeps, task: {"points": points}}}, args.out)
+
+    for task in args.tasks:
+        sweeps[task] = sweep(args, task, saved)
     record = {"command": command_line(), "settings": settings, "sweeps": sweeps}
     if not args.dry_run:
         best = {task: s["best"] for task, s in sweeps.items()}

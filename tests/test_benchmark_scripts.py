@@ -165,7 +165,9 @@ def test_tune_guidance_grid_of_protocol_fields(checkpoint, data, tmp_path, load_
     argv = ["--model", str(model), "--data", str(data), "--samples", "1", "--members", "2"]
     argv += ["--steps", "2", "--points", "6", "--weights", "1", "--tasks", "inverse"]
     argv += ["--grid", "consistency_steps=0,3", "--set", "consistency_lr=0.05"]
-    record = load_benchmark("tune_guidance").main([*argv, "--threads", "1"])
+    tune = load_benchmark("tune_guidance")
+    out = ["--threads", "1", "--out", str(tmp_path / "tune.json")]
+    record = tune.main([*argv, *out])
     points = record["sweeps"]["inverse"]["points"]
     assert [p["settings"]["consistency_steps"] for p in points] == [0, 3]
     assert all(set(p["calibration"]) == {"coverage90", "spread_skill"} for p in points)
@@ -173,3 +175,8 @@ def test_tune_guidance_grid_of_protocol_fields(checkpoint, data, tmp_path, load_
     protocol = resolve_protocol(model, "pdediff", "inverse")
     assert protocol.consistency_steps == best["consistency_steps"]
     assert protocol.consistency_lr == 0.05
+    # --resume reuses the measured points (saved after each one) and runs only new ones
+    grid = ["--grid", "consistency_steps=0,3,5"]
+    again = tune.main([*argv[:-4], *grid, *argv[-2:], *out, "--resume"])
+    new = again["sweeps"]["inverse"]["points"]
+    assert new[:2] == points and new[2]["settings"]["consistency_steps"] == 5
