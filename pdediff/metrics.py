@@ -53,6 +53,7 @@ __all__ = [
     "rank_histogram",
     "relative_l2",
     "residual_norm",
+    "spectrum_distance",
     "spectrum_error",
     "spread_skill",
     "summarize",
@@ -357,9 +358,27 @@ def spectrum_error(
     k_max = min(p.shape[-2:]) // 2
     if k_max < 1:
         raise MetricsError(f"fields of shape {p.shape} have no wavenumber shell to compare")
-    delta = floor * et.sum(axis=-1, keepdims=True) + np.finfo(np.float64).tiny
-    log_ratio = np.log10((ep + delta) / (et + delta))[..., 1 : k_max + 1]
-    return np.sqrt(np.mean(log_ratio.reshape(p.shape[0], -1) ** 2, axis=1))
+    d = spectrum_distance(ep, et, k_max, floor).reshape(p.shape[0], -1)
+    return np.sqrt(np.mean(d**2, axis=1))  # every shell of every channel weighs the same
+
+
+def spectrum_distance(
+    spectrum: ArrayLike, reference: ArrayLike, k_max: int, floor: float = 1e-10
+) -> np.ndarray:
+    r"""The log-spectrum distance of :func:`spectrum_error` between shell spectra
+    (e.g. two ensemble-mean spectra of :func:`energy_spectrum`), over their last axis.
+
+    .. math:: d = \Big[\frac{1}{K}\sum_{j=1}^{K}
+              \log_{10}^2 \frac{E(k_j) + \delta}{E_\mathrm{ref}(k_j) + \delta}\Big]^{1/2},
+              \qquad \delta = \text{floor} \cdot \textstyle\sum_j E_\mathrm{ref}(k_j),
+
+    ``K = k_max`` shells (the mean, ``j = 0``, left out); 0.301 is a factor 2 in power at
+    every shell.  Returns the leading shape of the inputs (a 0-d array for 1-d spectra).
+    """
+    e, ref = np.asarray(spectrum, np.float64), np.asarray(reference, np.float64)
+    delta = floor * ref.sum(axis=-1, keepdims=True) + np.finfo(np.float64).tiny
+    log_ratio = np.log10((e + delta) / (ref + delta))[..., 1 : k_max + 1]
+    return np.sqrt(np.mean(log_ratio**2, axis=-1))
 
 
 # -------------------------------------------------------------------------- ensembles

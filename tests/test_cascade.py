@@ -191,6 +191,9 @@ def test_cascade_base_stage_samples_as_solve(stages, obs):
     one = cascade_solve(stages[:1], obs, members=2, steps=3, progress=False)
     ref = solve(stages[0], obs, task="inverse", members=2, protocol={"steps": 3}, progress=False)
     assert np.array_equal(one.a.values, ref.a.values) and np.array_equal(one.u.values, ref.u.values)
+    # steps given in the protocol only are the steps of every stage (not the preset's)
+    via = cascade_solve(stages[:1], obs, members=2, protocol={"steps": 3}, progress=False)
+    assert np.array_equal(via.a.values, ref.a.values)
 
 
 def test_cascade_pde_guidance_and_aug_warning(stages, obs):

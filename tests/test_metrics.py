@@ -286,3 +286,20 @@ def test_summarize():
     assert out["u"]["spectrum_error"]["std"] >= 0.0
     with pytest.raises(MetricsError, match="same fields"):
         metrics.summarize({"a": ens_a}, {"u": truth_u})
+
+
+def test_spectrum_distance_is_zero_for_equal_spectra_and_log_scaled():
+    e = np.array([1.0, 0.5, 0.25, 0.125])
+    assert metrics.spectrum_distance(e, e, 2) == 0
+    assert np.isclose(metrics.spectrum_distance(10 * e, e, 2), 1.0)
+    e10 = e.copy()
+    e10[3] *= 100  # beyond k_max: left out, as is the mean
+    e10[0] *= 100
+    assert metrics.spectrum_distance(e10, e, 2) == 0
+    # spectrum_error is this distance of the two fields' spectra (RMS over channels)
+    rng = np.random.default_rng(0)
+    f, g = rng.normal(size=(2, 3, 16, 16)), rng.normal(size=(2, 3, 16, 16))
+    _, ef = metrics.energy_spectrum(f)
+    _, eg = metrics.energy_spectrum(g)
+    d = metrics.spectrum_distance(ef, eg, 8)
+    np.testing.assert_allclose(metrics.spectrum_error(f, g), np.sqrt((d**2).mean(axis=1)))

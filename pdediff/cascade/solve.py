@@ -332,7 +332,8 @@ def cascade_solve(
     if not isinstance(observations, Observations):
         observations = read_observations(observations)
     steps_k = _per_stage(steps, len(stages), "steps")
-    overrides = [{**(protocol or {}), "steps": n} for n in steps_k]
+    given = dict(protocol or {})  # a stage without its own steps keeps the protocol's
+    overrides = [{**given, "steps": given.get("steps") if n is None else n} for n in steps_k]
     opened = _open_stages(stages, observations, task, preset, overrides, use_pde)
     known = {n for s in opened for n in s.spec.conditions}
     unknown = sorted(set(condition or {}) - known)
