@@ -27,9 +27,11 @@ A LoRA adapter is folded into the base weights (:func:`pdediff.adapters.load_ada
 written as a checkpoint (:func:`pdediff.train.checkpoint.save_checkpoint`), so every row is
 scored by :func:`pdediff.solve.evaluate.evaluate` (``pdediff`` preset, ``--steps`` Heun steps,
 ``--members``, ``--points`` sensors per field, seeds ``(--seed, i)``): the inverse task
-(error rate of ``a``) and the forward task (relative L2 of ``u``) on ``--test-samples`` new-
-regime test samples, and the same on old-regime test samples (forgetting; the base row is
-the reference).  Rows record trainable parameters and training time.
+(error rate of ``a``; guided by data consistency through the solver, ``--consistency-steps``
+Adam steps of ``--consistency-lr`` per sampler step, the shipped darcy64 model's tuned
+setting; 0: the step correction) and the forward task (relative L2 of ``u``) on
+``--test-samples`` new-regime test samples, and the same on old-regime test samples
+(forgetting; the base row is the reference).  Rows record trainable parameters and training time.
 
 ``evaluate`` refuses a test set whose ``param_*`` attributes differ from the model's
 training data.  Every model here carries the base model's :class:`~pdediff.io.FieldSpec`
@@ -391,6 +393,14 @@ def run_finetune(
 # --------------------------------------------------------------------------- evaluation
 
 
+def task_guidance(args: argparse.Namespace, task: str) -> dict[str, Any]:
+    """Protocol settings of ``task``: data consistency for the inverse task
+    (``--consistency-steps``; as the shipped darcy64 model's tuned guidance), none else."""
+    if task != "inverse" or not args.consistency_steps:
+        return {}
+    return {"consistency_steps": args.consistency_steps, "consistency_lr": args.consistency_lr}
+
+
 def eval_kwargs(args: argparse.Namespace, task: str) -> dict[str, Any]:
     return {
         "task": task,
@@ -399,7 +409,7 @@ def eval_kwargs(args: argparse.Namespace, task: str) -> dict[str, Any]:
         "noise_std": 0.0,
         "members": args.members,
         "preset": "pdediff",
-        "protocol": {"steps": args.steps},
+        "protocol": {"steps": args.steps, **task_guidance(args, task)},
         "samples": args.test_samples,
         "seed": args.seed,
         "methods": ["diffusion"],
@@ -458,11 +468,12 @@ def poe_methods(base: str, small: str, weights: Sequence[float]) -> dict[str, di
     return methods
 
 
-def poe_protocol(args: argparse.Namespace) -> dict[str, Any]:
+def poe_protocol(args: argparse.Namespace, task: str) -> dict[str, Any]:
     return {
         "sampler": "pc",
         "steps": args.poe_steps or args.steps,
         "sampler_options": {"n_corrector": args.poe_correctors},
+        **task_guidance(args, task),
     }
 
 
@@ -512,7 +523,7 @@ def _solve_once(
             task=task,
             members=args.members,
             preset="pdediff",
-            protocol=poe_protocol(args),
+            protocol=poe_protocol(args, task),
             seed=seed,
             progress=False,
             experts=m["experts"],
@@ -531,7 +542,7 @@ def poe_task(
     path = Path(args.work) / "poe" / f"{task}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     base = next(iter(methods.values()))["model"]
-    protocol = poe_protocol(args)
+    protocol = poe_protocol(args, task)
     meta = _normal(
         {
             "task": task,
@@ -673,6 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--members", type=int, default=4, help="ensemble size")
     a("--steps", type=int, default=16, help="sampler steps (pdediff preset, Heun)")
     a("--points", type=int, default=100, help="sensors per observed field")
+    a("--consistency-steps", type=int, default=40, help="inverse task: data-consistency steps")
+    a("--consistency-lr", type=float, default=0.05, help="inverse task: their Adam lr")
     a("--poe-n", type=int, help="pairs of the small model (default: the largest pool size)")
     a("--poe-weights", nargs="+", type=float, default=[0.5], help="weights of the small model")
     a("--poe-correctors", type=int, default=5, help="Langevin steps per level (pc sampler)")
@@ -757,7 +770,7 @@ def run_poe(args: argparse.Namespace, base: Mapping, runs: Sequence[Mapping], da
     for task in TASKS:
         print(f"product of experts: {task}", flush=True)
         tasks[task] = poe_task(task, methods, args, data["new_test"], fresh)
-    protocol = poe_protocol(args)
+    protocol = poe_protocol(args, "forward")
     return {
         "main": base["path"],
         "expert": small["model"],
