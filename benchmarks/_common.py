@@ -46,3 +46,24 @@ def save(result: dict, out: str | os.PathLike | None) -> None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=1) + "\n")
         print(f"saved {out}")
+
+
+def add_run_options(parser) -> None:
+    """The options every script with a ``--work`` folder shares: device, threads, resume."""
+    a = parser.add_argument
+    a("--device", default="cpu", help="training device")
+    a("--threads", type=int, help="torch threads (default: torch's)")
+    a("--resume", action="store_true", help="reuse what was made with the same settings")
+    a("--overwrite", action="store_true", help="redo everything in --work")
+    a("--progress", action="store_true")
+
+
+def check_work(args, work: Path) -> None:
+    """Refuse a bad ``--out``, ``--resume`` with ``--overwrite``, or a used ``--work`` folder
+    without either (nothing is replaced unasked)."""
+    if Path(args.out).suffix != ".json":
+        raise SystemExit(f"--out must be a .json file, got {args.out}")
+    if args.resume and args.overwrite:
+        raise SystemExit("give --resume or --overwrite, not both")
+    if work.is_dir() and any(work.iterdir()) and not (args.resume or args.overwrite):
+        raise SystemExit(f"{work} is not empty; pass --resume to reuse it or --overwrite")

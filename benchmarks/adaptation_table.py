@@ -92,7 +92,7 @@ from pdediff.train import TrainConfig, read_checkpoint, train
 from pdediff.train.checkpoint import save_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import command_line, save  # noqa: E402
+from _common import add_run_options, check_work, command_line, save  # noqa: E402
 from solver_table import fmt, markdown, run_part, stat  # noqa: E402
 
 FAMILY = "darcy"
@@ -691,21 +691,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--poe-correctors", type=int, default=5, help="Langevin steps per level (pc sampler)")
     a("--poe-steps", type=int, help="pc sampler steps (default: --steps)")
     a("--seed", type=int, default=0, help="seed of data (offset per set), training, sampling")
-    a("--device", default="cpu", help="training device")
-    a("--threads", type=int, help="torch threads (default: torch's)")
-    a("--resume", action="store_true", help="reuse what was made with the same settings")
-    a("--overwrite", action="store_true", help="redo everything in --work")
-    a("--progress", action="store_true")
+    add_run_options(p)
     return p
 
 
 def _check_args(args: argparse.Namespace, work: Path) -> None:
-    if Path(args.out).suffix != ".json":
-        raise SystemExit(f"--out must be a .json file, got {args.out}")
-    if args.resume and args.overwrite:
-        raise SystemExit("give --resume or --overwrite, not both")
-    if work.is_dir() and any(work.iterdir()) and not (args.resume or args.overwrite):
-        raise SystemExit(f"{work} is not empty; pass --resume to reuse it or --overwrite")
+    check_work(args, work)
     args.poe_n = args.poe_n or max(args.pool_sizes)
     if args.poe_n not in args.pool_sizes:
         raise SystemExit(f"--poe-n {args.poe_n} is not one of --pool-sizes {args.pool_sizes}")

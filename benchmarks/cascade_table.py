@@ -104,7 +104,7 @@ from pdediff.solve.evaluate import draw_observations, sample_seeds, score_field
 from pdediff.train import TrainConfig, read_checkpoint, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import command_line, save  # noqa: E402
+from _common import add_run_options, check_work, command_line, save  # noqa: E402
 from solver_table import fmt, markdown  # noqa: E402
 
 FAMILY = "darcy"
@@ -686,21 +686,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--inverse-weight", type=float, default=3000.0, help="observation weight, inverse task")
     a("--forward-weight", type=float, default=300.0, help="observation weight, forward task")
     a("--seed", type=int, default=0, help="seed of data (offset per set), training, sampling")
-    a("--device", default="cpu", help="training device")
-    a("--threads", type=int, help="torch threads (default: torch's)")
-    a("--resume", action="store_true", help="reuse what was made with the same settings")
-    a("--overwrite", action="store_true", help="redo everything in --work")
-    a("--progress", action="store_true")
+    add_run_options(p)
     return p
 
 
 def _check_args(args: argparse.Namespace, work: Path) -> None:
-    if Path(args.out).suffix != ".json":
-        raise SystemExit(f"--out must be a .json file, got {args.out}")
-    if args.resume and args.overwrite:
-        raise SystemExit("give --resume or --overwrite, not both")
-    if work.is_dir() and any(work.iterdir()) and not (args.resume or args.overwrite):
-        raise SystemExit(f"{work} is not empty; pass --resume to reuse it or --overwrite")
+    check_work(args, work)
     grids = args.grids
     if len(grids) < 2 or any(lo >= hi for lo, hi in zip(grids[:-1], grids[1:], strict=True)):
         raise SystemExit(f"--grids needs two or more increasing sizes, got {grids}")

@@ -100,7 +100,7 @@ from pdediff.solve.evaluate import (
 from pdediff.train import TrainConfig, load_checkpoint, read_checkpoint, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import command_line, save  # noqa: E402
+from _common import add_run_options, check_work, command_line, save  # noqa: E402
 from solver_table import fmt, markdown  # noqa: E402
 
 FAMILY = "darcy"
@@ -635,21 +635,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--latent-obs-weight", type=float, help=f"latent weight (default {DEFAULT_OBS_WEIGHT:g})")
     a("--pde-weight", type=float, default=0.0, help="PDE residual weight of every solve")
     a("--seed", type=int, default=0, help="seed of data (+0 train, +1 test), training, sampling")
-    a("--device", default="cpu", help="training device")
-    a("--threads", type=int, help="torch threads (default: torch's)")
-    a("--resume", action="store_true", help="reuse what was made with the same settings")
-    a("--overwrite", action="store_true", help="redo everything in --work")
-    a("--progress", action="store_true")
+    add_run_options(p)
     return p
 
 
 def _check_args(args: argparse.Namespace, work: Path) -> None:
-    if Path(args.out).suffix != ".json":
-        raise SystemExit(f"--out must be a .json file, got {args.out}")
-    if args.resume and args.overwrite:
-        raise SystemExit("give --resume or --overwrite, not both")
-    if work.is_dir() and any(work.iterdir()) and not (args.resume or args.overwrite):
-        raise SystemExit(f"{work} is not empty; pass --resume to reuse it or --overwrite")
+    check_work(args, work)
     bad = sorted({r for r in args.resolutions for f in args.factors if r % f})
     if bad:
         raise SystemExit(f"--resolutions {bad} are not multiples of every --factors {args.factors}")
