@@ -67,3 +67,25 @@ def check_work(args, work: Path) -> None:
         raise SystemExit("give --resume or --overwrite, not both")
     if work.is_dir() and any(work.iterdir()) and not (args.resume or args.overwrite):
         raise SystemExit(f"{work} is not empty; pass --resume to reuse it or --overwrite")
+
+
+def unet_config(args, steps: int, **extra) -> dict:
+    """A ``TrainConfig`` dict of a small one-block UNet from ``args`` (``channels``,
+    ``channel_mult``, ``lr``, ``batch``, ``seed``), ``steps`` long, with ``extra`` keys
+    (e.g. ``cascade``) added."""
+    return {
+        "model": {
+            "backbone_kwargs": {
+                "model_channels": args.channels,
+                "channel_mult": list(args.channel_mult),
+                "num_blocks": 1,
+            }
+        },
+        "optimizer": {"lr": args.lr, "warmup_steps": min(100, steps)},
+        "batch_size": args.batch,
+        "steps": steps,
+        "seed": args.seed,
+        "checkpoint_every": max(1, min(500, steps)),
+        "log_every": max(1, min(50, steps)),
+        **extra,
+    }

@@ -104,7 +104,7 @@ from pdediff.solve.evaluate import draw_observations, sample_seeds, score_field
 from pdediff.train import TrainConfig, read_checkpoint, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_run_options, check_work, command_line, save  # noqa: E402
+from _common import add_run_options, check_work, command_line, save, unet_config  # noqa: E402
 from solver_table import fmt, markdown  # noqa: E402
 
 FAMILY = "darcy"
@@ -176,21 +176,7 @@ def stage_config(
     args: argparse.Namespace, steps: int, cascade: Mapping | None = None
 ) -> TrainConfig:
     """The training config of a stage (``cascade``: the ``[cascade]`` of an SR stage)."""
-    config = {
-        "model": {
-            "backbone_kwargs": {
-                "model_channels": args.channels,
-                "channel_mult": list(args.channel_mult),
-                "num_blocks": 1,
-            }
-        },
-        "optimizer": {"lr": args.lr, "warmup_steps": min(100, steps)},
-        "batch_size": args.batch,
-        "steps": steps,
-        "seed": args.seed,
-        "checkpoint_every": max(1, min(500, steps)),
-        "log_every": max(1, min(50, steps)),
-    }
+    config = unet_config(args, steps)
     if cascade is not None:
         config["cascade"] = dict(cascade)
     return TrainConfig.from_dict(config)

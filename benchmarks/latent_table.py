@@ -100,7 +100,7 @@ from pdediff.solve.evaluate import (
 from pdediff.train import TrainConfig, load_checkpoint, read_checkpoint, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import add_run_options, check_work, command_line, save  # noqa: E402
+from _common import add_run_options, check_work, command_line, save, unet_config  # noqa: E402
 from solver_table import fmt, markdown  # noqa: E402
 
 FAMILY = "darcy"
@@ -254,23 +254,7 @@ def encode_latents(vae: Mapping, data: Mapping, work: Path, label: str) -> str:
 
 def diffusion_config(args: argparse.Namespace, steps: int) -> TrainConfig:
     """The UNet and training settings shared by latent and pixel models."""
-    return TrainConfig.from_dict(
-        {
-            "model": {
-                "backbone_kwargs": {
-                    "model_channels": args.channels,
-                    "channel_mult": list(args.channel_mult),
-                    "num_blocks": 1,
-                }
-            },
-            "optimizer": {"lr": args.lr, "warmup_steps": min(100, steps)},
-            "batch_size": args.batch,
-            "steps": steps,
-            "seed": args.seed,
-            "checkpoint_every": max(1, min(500, steps)),
-            "log_every": max(1, min(50, steps)),
-        }
-    )
+    return TrainConfig.from_dict(unet_config(args, steps))
 
 
 def model_summary(path: str | Path) -> dict[str, Any]:
