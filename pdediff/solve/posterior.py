@@ -20,6 +20,13 @@ solution of its coefficient, so observations of ``u`` guide ``a`` through the so
 gradient), and the returned members are exact discrete solutions of their coefficients.
 The PDE residual term is then zero and left out.
 
+With ``Protocol.consistency_steps = K > 0`` the step correction is replaced by data
+consistency on the clean estimate (DDS, Chung et al. 2024; ReSample, Song et al. 2024):
+``x <- x + (x0' - x0_hat)`` with ``x0'`` the result of ``K`` Adam steps on the same loss
+from ``x0_hat = D(x, sigma)`` (:func:`pdediff.core.guidance.consistency_correction`), which
+fits observations through the solver far more tightly (the shipped Darcy model's inverse
+task).
+
 A conditioned model (trained with ``condition``, e.g. on Helmholtz ``k``) samples with its
 condition bound: the denoiser every part of the sampler sees, the guidance gradient included,
 is the classifier-free guided one (Ho & Salimans 2022, arXiv 2207.12598)
@@ -52,7 +59,7 @@ from pdediff.core.guidance import (
 )
 from pdediff.core.samplers import SAMPLERS
 from pdediff.core.schedules import karras_sigmas
-from pdediff.core.types import Callback, Cond, Denoiser
+from pdediff.core.types import Callback, Cond, Correction, Denoiser
 from pdediff.errors import PdediffError
 from pdediff.io.fieldspec import FieldSpec
 from pdediff.io.observations import ObservationModel
@@ -303,7 +310,7 @@ def conditioned_denoiser(
     return bind_condition(cfg(denoiser, cfg_weight), batch)
 
 
-def _correction(denoiser: Denoiser, terms: list, protocol: Protocol):
+def _correction(denoiser: Denoiser, terms: list, protocol: Protocol) -> Correction | None:
     """The guidance correction: the step correction, or data consistency (see
     :class:`Protocol`); None without terms."""
     if not terms:
