@@ -61,23 +61,3 @@ def test_solve_torch_refuses_non_finite_input():
     grid = fam.make_grid(8, {})
     with pytest.raises(FloatingPointError, match="non-finite coefficient reached the poisson"):
         solve_torch(fam, torch.full((1, 8, 8), float("nan")), grid)
-
-
-def test_threaded_members_give_the_serial_solution_and_gradient():
-    """Members are solved on torch's thread count (the conftest sets 1): two threads give
-    bit-identical solutions and adjoint gradients, in the same order."""
-    fam = get_family("darcy")
-    grid = fam.grid(16, {})
-    a = (torch.rand(5, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-         * 9 + 3).requires_grad_(True)  # fmt: skip
-    results = []
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            u = solve_torch(fam, a, grid, {})
-            (g,) = torch.autograd.grad((u * u.flip(0)).sum(), a)
-            results.append((u.detach(), g))
-    finally:
-        torch.set_num_threads(threads)
-    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

@@ -29,8 +29,7 @@ This is how the posterior solver keeps the physics exact when a solver exists (t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -109,17 +108,6 @@ def adjoint_gradient(fam: PDEFamily, u: Array, lu: Any, r: Array, hy: float, hx:
     return -g
 
 
-def _map(fn: Callable[[Any], Any], items: Sequence[Any]) -> list:
-    """``[fn(x) for x in items]``, on up to ``torch.get_num_threads()`` threads: the sparse
-    factorisations and triangular solves release the GIL (about 1.6x faster on 2 cores for
-    8 members at 64²); results and their order do not depend on the threads."""
-    workers = min(len(items), torch.get_num_threads())
-    if workers <= 1:
-        return [fn(x) for x in items]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, items))
-
-
 class _Solve(torch.autograd.Function):
     """``a (N, ny, nx) -> u (N, ny, nx)``, the reference solve per member, adjoint backward."""
 
@@ -129,7 +117,7 @@ class _Solve(torch.autograd.Function):
         if not np.isfinite(arrays).all():
             # FloatingPointError, as a sampler that blew up: the caller says what to lower
             raise FloatingPointError(f"non-finite coefficient reached the {fam.name} solver")
-        states = _map(lambda ai: state(fam, ai, grid, p), arrays)
+        states = [state(fam, ai, grid, p) for ai in arrays]
         ctx.fam, ctx.grid, ctx.states = fam, grid, states
         u = np.stack([s[0] for s in states])
         return torch.from_numpy(u).to(a)
@@ -138,8 +126,12 @@ class _Solve(torch.autograd.Function):
     def backward(ctx, grad_u: torch.Tensor):
         r = grad_u.detach().to("cpu", torch.float64).numpy()
         hy, hx = ctx.grid.spacing("y"), ctx.grid.spacing("x")
-        pairs = list(zip(ctx.states, r, strict=True))
-        g = np.stack(_map(lambda s: adjoint_gradient(ctx.fam, *s[0], s[1], hy, hx), pairs))
+        g = np.stack(
+            [
+                adjoint_gradient(ctx.fam, u, lu, ri, hy, hx)
+                for (u, lu), ri in zip(ctx.states, r, strict=True)
+            ]
+        )
         return torch.from_numpy(g).to(grad_u), None, None, None
 
 
