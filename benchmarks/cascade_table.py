@@ -53,9 +53,11 @@ positions, so one set guides every stage of a cascade (:func:`~pdediff.cascade.c
 as ``pdediff solve-cascade``; a direct model by :func:`pdediff.solve.solve`).  Inverse:
 observe ``u``, infer ``a``; forward: observe ``a``, infer ``u``.  ``pdediff`` preset at every
 stage (``--steps`` Heun steps, ``u`` by the reference solver of the sampled ``a``, the
-observation misfit as step correction), with the observation weight of the task given to
+observation misfit as step correction; the inverse task with data consistency,
+``--inverse-consistency-steps`` 40 Adam steps of ``--inverse-consistency-lr`` 0.05 on the
+clean estimate after every step), with the observation weight of the task given to
 every model and stage alike (``--inverse-weight`` 3000, ``--forward-weight`` 300: darcy64's
-tuned weights), ``--members`` members, sampling seed ``(--seed, i)``.  Scored by
+tuned guidance), ``--members`` members, sampling seed ``(--seed, i)``.  Scored by
 :func:`~pdediff.solve.evaluate.score_field` (relative L2 and the error rate of ``a`` of the
 ensemble mean, CRPS, coverage) and the relative log-spectrum error of each member against
 the truth (:func:`pdediff.metrics.spectrum_error`, mean over members).  Time per sample is
@@ -520,6 +522,9 @@ def run_posterior(
     path = Path(args.work) / "posterior" / f"{task}.json"
     weight = args.inverse_weight if task == "inverse" else args.forward_weight
     protocol = {"steps": args.steps, "default_obs_weight": weight}
+    if task == "inverse" and args.inverse_consistency_steps:
+        protocol["consistency_steps"] = args.inverse_consistency_steps
+        protocol["consistency_lr"] = args.inverse_consistency_lr
     meta = {
         "task": task,
         "rows": [{k: r[k] for k in ROW_KEYS} for r in rows],
@@ -671,6 +676,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--points", type=int, default=500, help="sensors per observed field")
     a("--inverse-weight", type=float, default=3000.0, help="observation weight, inverse task")
     a("--forward-weight", type=float, default=300.0, help="observation weight, forward task")
+    a(
+        "--inverse-consistency-steps",
+        type=int,
+        default=40,
+        help="inverse task: data-consistency Adam steps per sampler step (0: step correction)",
+    )
+    a("--inverse-consistency-lr", type=float, default=0.05, help="their learning rate")
     a("--seed", type=int, default=0, help="seed of data (offset per set), training, sampling")
     add_run_options(p)
     return p
