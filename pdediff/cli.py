@@ -33,6 +33,21 @@ def _params(pairs: list[str] | None, flag: str = "--param") -> dict[str, float]:
     return out
 
 
+def _condition_values(pairs: list[str] | None) -> dict[str, float | str] | None:
+    """``--condition NAME=VALUE`` pairs: numbers for scalar conditions, text for a label
+    (e.g. ``pde=poisson``)."""
+    out: dict[str, float | str] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not (sep and name.strip() and value.strip()):
+            raise PdediffError(f"--condition expects NAME=VALUE, got {pair!r}")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            out[name.strip()] = value.strip()
+    return out or None
+
+
 def _ranges(pairs: list[str] | None) -> dict[str, tuple[float, float]]:
     out = {}
     for pair in pairs or []:
@@ -120,6 +135,33 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(format_report(ds, args.file, None if args.all else args.samples))
 
 
+def cmd_merge(args: argparse.Namespace) -> None:
+    from pdediff.io.conditions import label_datasets
+    from pdediff.io.store import open_fields, write_fields
+
+    if args.values and len(args.values) != len(args.files):
+        raise PdediffError(
+            f"--values gives {len(args.values)} label values for {len(args.files)} files"
+        )
+    opened = [open_fields(f) for f in args.files]
+    values = args.values or [
+        _label_value(ds, f, args.label) for ds, f in zip(opened, args.files, strict=True)
+    ]
+    if len(set(values)) != len(values):
+        raise PdediffError(f"the files' label values {values} repeat; give distinct --values")
+    ds = label_datasets(dict(zip(values, opened, strict=True)), args.label)
+    write_fields(ds, args.output, overwrite=args.overwrite)
+    counts = ", ".join(f"{v}: {d.sizes['sample']}" for v, d in zip(values, opened, strict=True))
+    print(f"wrote {args.output}: {ds.sizes['sample']} samples labelled {args.label} ({counts})")
+
+
+def _label_value(ds, path: str, label: str) -> str:
+    """A file's label value: its ``pde`` attribute for the label ``pde``, else its name."""
+    if label == "pde" and ds.attrs.get("pde"):
+        return str(ds.attrs["pde"])
+    return Path(path).stem
+
+
 def cmd_import(args: argparse.Namespace) -> None:
     from pdediff.io.importers import import_file
     from pdediff.io.store import open_fields
@@ -184,6 +226,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         "batch_size": args.batch_size,
         "seed": args.seed,
         "condition": [c.strip() for c in args.condition.split(",")] if args.condition else None,
+        "label": args.label,
         "p_uncond": args.p_uncond,
         "cascade": _stage_flags(args),
     }
@@ -300,7 +343,7 @@ def cmd_solve(args: argparse.Namespace) -> None:
         use_pde=not args.no_pde,
         seed=args.seed,
         progress=not args.quiet,
-        condition=_params(args.condition, "--condition") or None,
+        condition=_condition_values(args.condition),
         experts=[parse_expert(e) for e in args.expert or []] or None,
         main_weight=args.main_weight,
     )
@@ -525,7 +568,7 @@ def cmd_solve_cascade(args: argparse.Namespace) -> None:
         preset=args.preset,
         protocol=protocol,
         use_pde=not args.no_pde,
-        condition=_params(args.condition, "--condition") or None,
+        condition=_condition_values(args.condition),
         progress=not args.quiet,
     )
     write_fields(ds, args.output, overwrite=args.overwrite)
@@ -578,6 +621,21 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--samples", type=int, default=16, help="samples to compute residuals for")
     i.add_argument("--all", action="store_true", help="residuals of every sample")
     i.set_defaults(func=cmd_inspect)
+
+    mg = sub.add_parser(
+        "merge", help="one labelled dataset of several (e.g. PDE families), for train --label"
+    )
+    mg.add_argument("files", nargs="+", help="field files with the same variables and grid")
+    mg.add_argument("-o", "--output", required=True, help="the merged file")
+    mg.add_argument("--label", default="pde", help="name of the per-sample label (default pde)")
+    mg.add_argument(
+        "--values",
+        nargs="+",
+        help="label value of each file (default: its pde attribute for --label pde, else "
+        "the file name)",
+    )
+    mg.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    mg.set_defaults(func=cmd_merge)
 
     m = sub.add_parser("import", help="convert PDEBench / FNO / neuraloperator / npy files")
     m.add_argument("format", help="pdebench, fno-mat, neuraloperator, diffusionpde-npy")
@@ -632,6 +690,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME[,NAME]",
         help="condition the model on per-sample variables of the data, e.g. k (from "
         "generate --param-range)",
+    )
+    t.add_argument(
+        "--label",
+        metavar="NAME",
+        help="condition the model on a per-sample variable of class names, e.g. pde (from "
+        "pdediff merge --label pde)",
     )
     t.add_argument(
         "--p-uncond",
@@ -724,7 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--condition",
         action="append",
         metavar="NAME=VALUE",
-        help="condition of a conditioned model (repeatable), e.g. --condition k=4",
+        help="condition of a conditioned model (repeatable), e.g. --condition k=4, a label "
+        "--condition pde=poisson",
     )
     s.add_argument(
         "--cfg-weight",

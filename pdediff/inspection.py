@@ -3,6 +3,7 @@ pdediff's discretisation (so a user can check imported data before training on i
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 import xarray as xr
 
 from pdediff.errors import DataError
+from pdediff.io.conditions import LABEL_ATTRS
 from pdediff.io.conventions import (
     SAMPLE_DIM,
     attrs_param_ranges,
@@ -36,6 +38,8 @@ def summarise(ds: xr.Dataset) -> list[VariableSummary]:
     """Dims, shape, units, range, mean and the number of NaN/inf of each data variable."""
     out = []
     for name, var in ds.data_vars.items():
+        if not np.issubdtype(var.dtype, np.number) and var.dtype != bool:
+            continue  # a label (class names): see format_report
         values = np.asarray(var.values, dtype=np.float64)
         finite = values[np.isfinite(values)]
         stats = (finite.min(), finite.max(), finite.mean()) if finite.size else (np.nan,) * 3
@@ -128,18 +132,33 @@ def format_report(ds: xr.Dataset, path: str, max_samples: int | None = 16) -> st
             f"    {s.name:<8} {str(s.dims):<24} [{s.units}]  min {s.minimum:.4g}  "
             f"max {s.maximum:.4g}  mean {s.mean:.4g}  NaN/inf {s.nonfinite}"
         )
+    labels = [n for n, v in ds.data_vars.items() if not np.issubdtype(v.dtype, np.number)]
+    for name in labels:
+        classes, counts = np.unique(ds[name].values.astype(str), return_counts=True)
+        listed = ", ".join(f"{c} {n}" for c, n in zip(classes, counts, strict=True))
+        lines.append(f"  label {name}: {listed}")
+    stored = json.loads(ds.attrs.get(LABEL_ATTRS, "{}"))
+    if len(labels) == 1 and stored:  # merged families: the residual of each class
+        for c in sorted(stored):
+            part = ds.isel({SAMPLE_DIM: np.flatnonzero(ds[labels[0]].values.astype(str) == c)})
+            part.attrs = {**ds.attrs, **stored[c]}
+            lines += _residual_lines(part, max_samples, f" of {labels[0]} = {c}")
+    else:
+        lines += _residual_lines(ds, max_samples, "")
+    return "\n".join(lines)
+
+
+def _residual_lines(ds: xr.Dataset, max_samples: int | None, which: str) -> list[str]:
     res = pde_residuals(ds, max_samples)
     if res is None:
-        lines.append(
-            "  PDE residual: no known family in attribute 'pde' "
+        return [
+            f"  PDE residual{which}: no known family in attribute 'pde' "
             f"(known: {', '.join(sorted(FAMILIES))})"
-        )
-    else:
-        fam = FAMILIES[ds.attrs["pde"]]
-        lines.append(
-            f"  PDE residual ({fam.equation}; {fam.boundary}), relative to the largest "
-            f"term, first {res.size} sample(s):"
-        )
-        lines.append(f"    median {np.median(res):.3e}  max {res.max():.3e}")
-        lines.append("    " + "  ".join(f"{i}:{r:.2e}" for i, r in enumerate(res)))
-    return "\n".join(lines)
+        ]
+    fam = FAMILIES[ds.attrs["pde"]]
+    return [
+        f"  PDE residual{which} ({fam.equation}; {fam.boundary}), relative to the largest "
+        f"term, first {res.size} sample(s):",
+        f"    median {np.median(res):.3e}  max {res.max():.3e}",
+        "    " + "  ".join(f"{i}:{r:.2e}" for i, r in enumerate(res)),
+    ]

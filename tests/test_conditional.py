@@ -249,13 +249,29 @@ def test_fieldspec_round_trips_the_conditions(helmholtz):
         back.check_compatible(helmholtz.drop_vars("k"))
 
 
-def test_evaluate_and_sds_refuse_conditions_they_cannot_handle_yet(model, checkpoint, truth):
+def test_evaluate_gives_each_sample_its_own_condition(model, checkpoint, truth):
+    """A k-conditioned model is evaluated with each test sample's own k: the condition
+    column records it and the classical forward baseline, given every node of ``a``,
+    reproduces each sample's ``u`` exactly (the wrong k would not)."""
     from pdediff.sds import sds_solve
     from pdediff.solve.evaluate import evaluate
 
-    ranged_truth = generate("helmholtz", 2, 8, seed=3, progress=False, param_ranges=RANGE)
-    with pytest.raises(PdediffError, match="evaluate does not handle conditioned models"):
-        evaluate(model, ranged_truth, task="inverse", points=4, progress=False)
+    ranged = generate("helmholtz", 2, 8, seed=3, progress=False, param_ranges=RANGE)
+    result = evaluate(
+        model,
+        ranged,
+        task="forward",
+        fraction=1.0,
+        members=1,
+        protocol={"steps": 2},
+        methods=("diffusion", "interp-solve"),
+        progress=False,
+    )
+    for row in result.rows:
+        k = float(ranged["k"].values[row["sample"]])
+        assert json.loads(row["condition"]) == pytest.approx({"k": k})
+        if row["method"] == "interp-solve" and row["field"] == "u":
+            assert row["rel_l2_mean"] < 1e-6  # float32 storage of the data
     darcy = generate("darcy", 2, 8, seed=3, progress=False, param_ranges={"f": (0.5, 2)})
     with pytest.raises(PdediffError, match=r"varies the PDE parameter\(s\) \['f'\]"):
         evaluate(checkpoint, darcy, task="inverse", points=4, progress=False)

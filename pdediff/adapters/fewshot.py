@@ -464,10 +464,10 @@ def finetune(
         raise PdediffError(f"finetune: save_every must be a positive integer, got {save_every}")
     _check_output(out, method, base, overwrite)
     ckpt = read_checkpoint(base)
-    if ckpt.fieldspec.conditions:
+    if ckpt.fieldspec.condition_names:
         raise PdediffError(
             f"finetune does not handle conditioned models yet: {base} is conditioned on "
-            f"{list(ckpt.fieldspec.conditions)}"
+            f"{list(ckpt.fieldspec.condition_names)}"
         )
     dev = _device(device)
     model = ckpt.denoiser(ema=True, device=dev)

@@ -46,7 +46,6 @@ from pdediff.io.observations import (
     build_operator,
     read_observations,
 )
-from pdediff.pde.registry import FAMILIES
 from pdediff.solve.posterior import Protocol, sample_posterior, uses_solver
 from pdediff.train.checkpoint import Checkpoint, read_checkpoint
 
@@ -224,12 +223,12 @@ def _run_stage(
     super-resolution stage); returns the members and the stage's record."""
     from tqdm.auto import tqdm
 
-    from pdediff.solve.api import condition_params, model_condition
+    from pdediff.solve.api import condition_params, model_condition, model_family
 
     spec, proto, path = stage.spec, stage.protocol, stage.ckpt.path
-    family = FAMILIES.get(str(spec.attrs.get("pde")))
+    own = {n: v for n, v in (condition or {}).items() if n in spec.condition_names} or None
+    family = model_family(spec, own)
     params = condition_params(family, spec, condition)
-    own = {n: v for n, v in (condition or {}).items() if n in spec.conditions} or None
     cond = model_condition(spec, own, proto.cfg_weight, f"model {path}")
     if below is not None:
         gen = torch.Generator().manual_seed(_stage_seed(seed, k, 1))
@@ -335,7 +334,7 @@ def cascade_solve(
     given = dict(protocol or {})  # a stage without its own steps keeps the protocol's
     overrides = [{**given, "steps": given.get("steps") if n is None else n} for n in steps_k]
     opened = _open_stages(stages, observations, task, preset, overrides, use_pde)
-    known = {n for s in opened for n in s.spec.conditions}
+    known = {n for s in opened for n in s.spec.condition_names}
     unknown = sorted(set(condition or {}) - known)
     if unknown:
         raise PdediffError(

@@ -14,6 +14,7 @@ plain dicts ``name -> {"low", "high", "long_name", "units"}`` in the model's ord
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -23,13 +24,24 @@ import torch
 import xarray as xr
 
 from pdediff.errors import DataError, PdediffError, PdediffWarning
-from pdediff.io.conventions import PARAM_PREFIX, SAMPLE_DIM, attrs_param_ranges
+from pdediff.io.conventions import (
+    PARAM_PREFIX,
+    SAMPLE_DIM,
+    attrs_param_ranges,
+    field_variables,
+    plain_value,
+)
 
 __all__ = [
+    "LABEL_ATTRS",
     "condition_ranges",
     "dataset_conditions",
+    "dataset_labels",
     "encode_conditions",
+    "encode_label",
     "format_ranges",
+    "label_classes",
+    "label_datasets",
     "sample_variable",
 ]
 
@@ -154,3 +166,128 @@ def encode_conditions(
             )
         out.append(float(_scale(np.float64(v), r)))
     return torch.tensor(out)
+
+
+# ----------------------------------------------------------------------------- labels
+#: The dataset attribute of :func:`label_datasets` holding each class's own attributes.
+LABEL_ATTRS = "label_attrs"
+
+
+def label_classes(ds: xr.Dataset, name: str, where: str = "data") -> dict:
+    """The label condition of the per-sample variable ``name`` of ``ds``: ``{"name",
+    "classes", "long_name", "attrs"}``, the classes the sorted distinct values as strings
+    and ``attrs`` each class's own attributes (from :func:`label_datasets`; else empty).
+
+    Raises
+    ------
+    DataError
+        A name that is not a per-sample variable of ``ds``, or one with a single value.
+    """
+    var = sample_variable(ds, name, where)
+    classes = sorted({_label_str(v) for v in np.asarray(var.values).ravel()})
+    if len(classes) < 2:
+        raise DataError(
+            f"{where}: label {name!r} has the single value {classes}; a model cannot learn to "
+            "follow it: combine datasets of several classes (pdediff merge --label)"
+        )
+    stored = json.loads(ds.attrs.get(LABEL_ATTRS, "{}"))
+    attrs = {c: dict(stored.get(c, {})) for c in classes}
+    return {
+        "name": name,
+        "classes": classes,
+        "long_name": str(var.attrs.get("long_name", name)),
+        "attrs": attrs,
+    }
+
+
+def _label_str(value) -> str:
+    return str(plain_value(value))
+
+
+def dataset_labels(ds: xr.Dataset, label: Mapping, where: str = "data") -> torch.Tensor:
+    """``cond["label"]`` of every sample of ``ds``: ``(N,)`` class indices of ``label``
+    (:func:`label_classes`); a value outside its classes is a :class:`DataError`."""
+    index = {c: i for i, c in enumerate(label["classes"])}
+    values = [_label_str(v) for v in sample_variable(ds, label["name"], where).values]
+    unknown = sorted(set(values) - set(index))
+    if unknown:
+        raise DataError(
+            f"{where}: label {label['name']!r} has value(s) {unknown} the model was not "
+            f"trained on; its classes are {label['classes']}"
+        )
+    return torch.tensor([index[v] for v in values], dtype=torch.long)
+
+
+def encode_label(label: Mapping, value, model: str = "the model") -> torch.Tensor:
+    """The class index ``()`` of ``value`` of the label condition ``label``.
+
+    Raises
+    ------
+    PdediffError
+        A value that is not one of the model's classes.
+    """
+    text = _label_str(value)
+    if text not in label["classes"]:
+        raise PdediffError(
+            f"{model}: {label['name']}={text!r} is not one of its classes {label['classes']}"
+        )
+    return torch.tensor(label["classes"].index(text), dtype=torch.long)
+
+
+def label_datasets(datasets: Mapping[str, xr.Dataset], name: str = "pde") -> xr.Dataset:
+    """One dataset of several, each sample labelled with its dataset's key in the
+    per-sample variable ``name`` (e.g. the PDE family, for one model across families).
+
+    The datasets must have the same field variables on the same grid.  Attributes equal in
+    all are kept; the others (the family, its parameters) are stored per class in the
+    ``label_attrs`` attribute (JSON), so a model trained with ``label = name`` knows the
+    PDE of each class.  A label named ``pde`` whose classes are family names selects the
+    family of the PDE guidance and the reference solver at sampling time.
+
+    Raises
+    ------
+    DataError
+        Fewer than two datasets, an empty key, different variables or grids, or a
+        variable ``name`` already in a dataset.
+    """
+    if len(datasets) < 2:
+        raise DataError(f"label_datasets needs two or more datasets, got {len(datasets)}")
+    items = list(datasets.items())
+    first_key, first = items[0]
+    variables = field_variables(first)
+    for key, ds in items:
+        if not str(key).strip():
+            raise DataError("label_datasets: a label value is empty")
+        if name in ds.variables:
+            raise DataError(f"dataset {key!r} already has a variable {name!r}; pick another label")
+        if field_variables(ds) != variables:
+            raise DataError(
+                f"dataset {key!r} has fields {field_variables(ds)}, dataset {first_key!r} "
+                f"has {variables}: a labelled model needs the same fields in each"
+            )
+    common = {
+        k: v
+        for k, v in first.attrs.items()
+        if all(k in ds.attrs and _same(ds.attrs[k], v) for _, ds in items)
+    }
+    own = {
+        str(key): {k: plain_value(v) for k, v in ds.attrs.items() if k not in common}
+        for key, ds in items
+    }
+    parts = []
+    for key, ds in items:
+        part = ds.copy()
+        part.attrs = {}  # the fields' and coordinates' own attributes stay
+        labels = np.full(ds.sizes[SAMPLE_DIM], str(key), dtype=object)
+        parts.append(part.assign({name: ((SAMPLE_DIM,), labels)}))
+    try:
+        out = xr.concat(parts, dim=SAMPLE_DIM, join="exact", combine_attrs="override")
+    except ValueError as e:
+        raise DataError(f"label_datasets: the datasets' grids differ ({e})") from None
+    out[name].attrs["long_name"] = "label" if name != "pde" else "PDE family"
+    out.attrs = {**common, LABEL_ATTRS: json.dumps(own)}
+    return out
+
+
+def _same(a, b) -> bool:
+    return bool(np.array_equal(np.asarray(a), np.asarray(b)))

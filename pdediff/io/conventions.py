@@ -32,6 +32,17 @@ AXES = {"x": "X", "y": "Y", "z": "Z", "t": "T"}
 COORD_NAMES = {"x": "x coordinate", "y": "y coordinate", "z": "z coordinate", "t": "time"}
 
 
+def plain_value(value):
+    """JSON-friendly copy of an attribute value (numpy scalars and arrays to Python)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
 def history_line(action: str) -> str:
     """One ``history`` entry: UTC time stamp, pdediff version and what was done."""
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -193,6 +204,8 @@ def grid_from_dataset(ds: xr.Dataset, dims: tuple[str, ...] | None = None) -> Gr
 def check_finite(ds: xr.Dataset, where: str = "dataset") -> None:
     """Raise :class:`DataError` naming the variable and sample of the first NaN/inf."""
     for name, var in ds.data_vars.items():
+        if not np.issubdtype(var.dtype, np.number):
+            continue  # a label of class names
         bad = ~np.isfinite(np.asarray(var.values))
         if bad.any():
             idx = np.argwhere(bad)[0]

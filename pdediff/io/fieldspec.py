@@ -17,24 +17,13 @@ import torch
 import xarray as xr
 
 from pdediff.errors import DataError
-from pdediff.io.conditions import condition_ranges, sample_variable
-from pdediff.io.conventions import SAMPLE_DIM, field_dims, field_variables
+from pdediff.io.conditions import condition_ranges, label_classes, sample_variable
+from pdediff.io.conventions import SAMPLE_DIM, field_dims, field_variables, plain_value
 from pdediff.pde.base import Grid
 
 
-def _plain(value):
-    """JSON-friendly copy of an attribute value (numpy scalars and arrays to Python)."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value
-
-
 def _plain_attrs(attrs: dict) -> dict:
-    return {str(k): _plain(v) for k, v in attrs.items()}
+    return {str(k): plain_value(v) for k, v in attrs.items()}
 
 
 @dataclass
@@ -57,6 +46,10 @@ class FieldSpec:
         Per-sample scalars the model is conditioned on, in order: ``name -> {"low",
         "high", "long_name", "units"}`` (see :mod:`pdediff.io.conditions`); empty for an
         unconditioned model.
+    label
+        The label condition (one per-sample variable of class names, e.g. the PDE family):
+        ``{"name", "classes", "long_name", "attrs"}`` (see
+        :func:`pdediff.io.conditions.label_classes`); empty for a model without one.
     """
 
     variables: tuple[str, ...]
@@ -68,6 +61,7 @@ class FieldSpec:
     variable_attrs: dict[str, dict] = field(default_factory=dict)
     coord_attrs: dict[str, dict] = field(default_factory=dict)
     conditions: dict[str, dict] = field(default_factory=dict)
+    label: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.variables = tuple(self.variables)
@@ -90,12 +84,14 @@ class FieldSpec:
         variables: Sequence[str] | None = None,
         normalise: bool = True,
         conditions: Sequence[str] = (),
+        label: str | None = None,
     ) -> FieldSpec:
         """Spec of ``ds``; with ``normalise`` the mean/std of each variable over all samples
         and grid points (a constant field gets std 1), else mean 0 and std 1.
 
         ``variables`` defaults to every gridded variable; ``conditions`` names per-sample
-        variables to condition on (their ranges are recorded)."""
+        variables to condition on (their ranges are recorded), ``label`` a per-sample
+        variable of class names (its classes are recorded)."""
         variables = tuple(variables or field_variables(ds))
         dims = field_dims(ds, variables)
         mean, std = [], []
@@ -114,6 +110,7 @@ class FieldSpec:
             variable_attrs={v: _plain_attrs(ds[v].attrs) for v in variables},
             coord_attrs={d: _plain_attrs(ds[d].attrs) for d in dims},
             conditions=condition_ranges(ds, conditions),
+            label=label_classes(ds, label) if label else {},
         )
 
     def to_dict(self) -> dict:
@@ -134,6 +131,7 @@ class FieldSpec:
             "variable_attrs",
             "coord_attrs",
             "conditions",
+            "label",
         }
         missing = {"variables", "dims", "coords", "mean", "std"} - set(d)
         if missing:
@@ -149,6 +147,11 @@ class FieldSpec:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
             raise DataError(f"FieldSpec: not valid JSON ({e})") from None
+
+    @property
+    def condition_names(self) -> tuple[str, ...]:
+        """The names of every condition of the model: the scalars, then the label."""
+        return (*self.conditions, *([self.label["name"]] if self.label else []))
 
     # -- grid -----------------------------------------------------------------------------
     @property
@@ -167,7 +170,7 @@ class FieldSpec:
                 f"dataset lacks variable(s) {missing} of the spec "
                 f"{list(self.variables)}; it has {list(ds.data_vars)}"
             )
-        for name in self.conditions:
+        for name in self.condition_names:
             sample_variable(ds, name, "dataset")
         dims = field_dims(ds, self.variables)
         if dims != self.dims:

@@ -246,10 +246,10 @@ def sds_solve(
     if obs_weight < 0:
         raise PdediffError(f"obs_weight must be >= 0, got {obs_weight}")
     denoiser, spec, _ = load_checkpoint(checkpoint)
-    if spec.conditions:
+    if spec.condition_names:
         raise PdediffError(
             f"sds does not handle conditioned models yet: {checkpoint} is conditioned on "
-            f"{list(spec.conditions)}; use pdediff solve --condition"
+            f"{list(spec.condition_names)}; use pdediff solve --condition"
         )
     if not isinstance(observations, Observations):
         observations = read_observations(observations)

@@ -24,7 +24,7 @@ import xarray as xr
 
 from pdediff.core.types import Cond
 from pdediff.errors import PdediffError, PdediffWarning
-from pdediff.io.conditions import encode_conditions
+from pdediff.io.conditions import encode_conditions, encode_label
 from pdediff.io.conventions import PARAM_PREFIX, attrs_param_ranges, attrs_params, history_line
 from pdediff.io.fieldspec import FieldSpec
 from pdediff.io.observations import Observations, build_operator, read_observations
@@ -97,23 +97,56 @@ def select_task(obs: Observations, spec: FieldSpec, task: str) -> Observations:
 
 
 def model_condition(
-    spec: FieldSpec, condition: Mapping[str, float] | None, cfg_weight: float, model: str
+    spec: FieldSpec, condition: Mapping[str, float | str] | None, cfg_weight: float, model: str
 ) -> Cond | None:
     """``cond`` of the model of ``spec`` for physical ``condition`` values: ``{"vector":
-    (1, D)}``, or None for an unconditioned model given no condition.
+    (1, D)}`` for its scalar conditions and ``{"label": (1,)}`` for its label (a class
+    name, e.g. ``{"pde": "poisson"}``), or None for an unconditioned model given none.
 
     Raises :class:`PdediffError` for a condition given to an unconditioned model (or
-    ``cfg_weight`` without one), an unknown or missing name; warns for a value outside the
-    training range.
+    ``cfg_weight`` without one), an unknown or missing name, a label value that is not one
+    of the model's classes; warns for a value outside the training range.
     """
-    if not spec.conditions and not condition:
+    label = spec.label.get("name") if spec.label else None
+    if not spec.conditions and label is None and not condition:
         if cfg_weight:
             raise PdediffError(
                 f"cfg_weight = {cfg_weight} needs a conditioned model; {model} was trained "
-                "without --condition: set cfg_weight to 0"
+                "without --condition or --label: set cfg_weight to 0"
             )
         return None
-    return {"vector": encode_conditions(spec.conditions, condition or {}, model)[None]}
+    values = dict(condition or {})
+    cond: dict = {}
+    if label is not None:
+        if label not in values:
+            raise PdediffError(
+                f"missing condition {label!r}: {model} is conditioned on the label {label} "
+                f"(classes {spec.label['classes']}); give e.g. {label}={spec.label['classes'][0]}"
+            )
+        cond["label"] = encode_label(spec.label, values.pop(label), model)[None]
+    if values and not spec.conditions and label is not None:
+        raise PdediffError(
+            f"unknown condition(s) {sorted(values)}: {model} is conditioned on the label "
+            f"{label} only; remove them"
+        )
+    if spec.conditions or values:
+        cond["vector"] = encode_conditions(spec.conditions, values, model)[None]
+    return cond
+
+
+def model_attrs(spec: FieldSpec, condition: Mapping[str, float | str] | None) -> dict:
+    """The attributes of the model's data for ``condition``: those of its label's class
+    (its family and parameters, :func:`pdediff.io.conditions.label_datasets`) over the
+    shared ones."""
+    if not spec.label or spec.label["name"] not in (condition or {}):
+        return dict(spec.attrs)
+    own = spec.label.get("attrs", {}).get(str(condition[spec.label["name"]]), {})
+    return {**spec.attrs, **own}
+
+
+def model_family(spec: FieldSpec, condition: Mapping[str, float | str] | None) -> PDEFamily | None:
+    """The PDE family of the model (of the label's class for a model across families)."""
+    return FAMILIES.get(str(model_attrs(spec, condition).get("pde")))
 
 
 def condition_params(
@@ -127,9 +160,10 @@ def condition_params(
     """
     if family is None:
         return {}
-    params = attrs_params(spec.attrs, family.defaults)
+    attrs = model_attrs(spec, condition)
+    params = attrs_params(attrs, family.defaults)
     given = {k: float(v) for k, v in (condition or {}).items() if k in family.defaults}
-    for name, (low, high) in attrs_param_ranges(spec.attrs).items():
+    for name, (low, high) in attrs_param_ranges(attrs).items():
         if name in family.defaults and name not in given:
             warnings.warn(
                 f"the model's training data vary {name} over [{low:g}, {high:g}] but the model "
@@ -255,7 +289,7 @@ def solve(
         observations = read_observations(observations)
     obs = select_task(observations, spec, task)
     model = build_operator(obs, spec, normalised=True)
-    family = FAMILIES.get(str(spec.attrs.get("pde")))
+    family = model_family(spec, condition)
     params = condition_params(family, spec, condition)
     extra: dict = {}
     if experts:
@@ -302,7 +336,9 @@ def solve(
     }
     attrs.update(extra)
     if cond is not None:
-        attrs["condition"] = {k: float(v) for k, v in condition.items()}
+        attrs["condition"] = {
+            k: v if isinstance(v, str) else float(v) for k, v in (condition or {}).items()
+        }
         attrs["cfg_weight"] = proto.cfg_weight
         if family is not None:  # the parameters the PDE guidance and solver used
             attrs.update({PARAM_PREFIX + k: params[k] for k in condition if k in params})

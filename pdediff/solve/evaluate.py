@@ -30,7 +30,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,7 +39,13 @@ import xarray as xr
 
 from pdediff import __version__
 from pdediff.errors import DataError, PdediffError
-from pdediff.io.conventions import SAMPLE_DIM, attrs_params, dataset_params, sample_variables
+from pdediff.io.conventions import (
+    SAMPLE_DIM,
+    attrs_params,
+    dataset_params,
+    plain_value,
+    sample_variables,
+)
 from pdediff.io.fieldspec import FieldSpec
 from pdediff.io.observations import FieldObservations, Observations, observations_from_truth
 from pdediff.io.store import atomic_path, open_fields
@@ -54,7 +60,13 @@ from pdediff.metrics import (
 )
 from pdediff.pde.base import Grid, PDEFamily
 from pdediff.pde.registry import FAMILIES
-from pdediff.solve.api import TASKS, resolve_protocol, select_task
+from pdediff.solve.api import (
+    TASKS,
+    condition_params,
+    model_family,
+    resolve_protocol,
+    select_task,
+)
 
 __all__ = [
     "COLUMNS",
@@ -98,6 +110,7 @@ COLUMNS = (
     "spread_skill",
     "seconds",
     "error",
+    "condition",
 )
 #: The columns summarised as mean and std over the samples.
 METRICS = COLUMNS[7:16]
@@ -239,6 +252,7 @@ class _Context:
     use_pde: bool
     options: dict[str, dict]
     fno: Any = None  # the FNOBaseline of the "fno" method, loaded once
+    condition: dict | None = None  # of a conditioned model: this test sample's values
 
 
 def grid_indices(obs: FieldObservations, spec: FieldSpec, name: str) -> np.ndarray:
@@ -266,6 +280,7 @@ def _run_diffusion(ctx: _Context, obs: Observations, solve_seed: int) -> tuple[d
         use_pde=ctx.use_pde,
         seed=solve_seed,
         progress=False,
+        condition=ctx.condition,
     )
     dims = ("member", *ctx.spec.dims)
     est = {f: np.asarray(post[f].transpose(*dims).values, np.float64) for f in ctx.spec.variables}
@@ -556,21 +571,62 @@ def format_summary(summary: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> st
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _check_unconditioned(
-    checkpoint: str | os.PathLike, spec: FieldSpec, ds: xr.Dataset, family, where: str
-) -> None:
-    """Evaluation uses one value of each PDE parameter and no model condition (yet)."""
-    if spec.conditions:
-        raise PdediffError(
-            f"evaluate does not handle conditioned models yet: {checkpoint} is conditioned on "
-            f"{list(spec.conditions)}; solve each test sample with pdediff solve --condition"
-        )
-    varying = [v for v in sample_variables(ds) if family is not None and v in family.defaults]
+def _check_parameters(spec: FieldSpec, ds: xr.Dataset, family, where: str) -> None:
+    """A PDE parameter may vary per test sample only if the model is conditioned on it
+    (each sample is then solved, and scored, with its own value)."""
+    varying = [
+        v
+        for v in sample_variables(ds)
+        if family is not None and v in family.defaults and v not in spec.conditions
+    ]
     if varying:
         raise PdediffError(
-            f"{where} varies the PDE parameter(s) {varying} per sample, but evaluate uses one "
-            f"value of each; generate the test data with --param NAME=VALUE"
+            f"{where} varies the PDE parameter(s) {varying} per sample, but the model is not "
+            f"conditioned on them and evaluate uses one value of each; generate the test "
+            f"data with --param NAME=VALUE"
         )
+
+
+def _sample_condition(spec: FieldSpec, sel: xr.Dataset) -> dict | None:
+    """The model's conditions for one test sample: its per-sample variables (numbers for
+    the scalar conditions, the class name for the label); None for an unconditioned model."""
+    if not spec.condition_names:
+        return None
+    out: dict[str, float | str] = {n: float(sel[n].values) for n in spec.conditions}
+    if spec.label:
+        out[spec.label["name"]] = str(plain_value(sel[spec.label["name"]].values.item()))
+    return out
+
+
+def _levels(family: PDEFamily | None, params: Mapping, spec: FieldSpec) -> dict:
+    """The two values of a thresholded coefficient (Darcy ``a``), for the error rate."""
+    if family is None or family.name != "darcy" or "a" not in spec.variables:
+        return {}
+    full = family.params(params)
+    return {"a": (full["a_low"], full["a_high"])}
+
+
+def _for_sample(ctx: _Context, condition: dict | None) -> _Context:
+    """The context of one test sample of a conditioned model: its condition, and the
+    family (of its label's class) and parameters (its conditions) it selects."""
+    if condition is None:
+        return ctx
+    family = model_family(ctx.spec, condition) if ctx.spec.label else ctx.family
+    params = condition_params(family, ctx.spec, condition)
+    return replace(
+        ctx,
+        condition=condition,
+        family=family,
+        params=params,
+        levels=_levels(family, params, ctx.spec),
+    )
+
+
+def _class_families(spec: FieldSpec, family: PDEFamily | None) -> list[PDEFamily | None]:
+    """The family of every class of a model across families, else ``[family]``."""
+    if not spec.label:
+        return [family]
+    return [model_family(spec, {spec.label["name"]: c}) for c in spec.label["classes"]]
 
 
 def _context(
@@ -587,13 +643,11 @@ def _context(
     spec = read_checkpoint(checkpoint).fieldspec
     _check_data(ds, spec, where)
     family = FAMILIES.get(str(ds.attrs.get("pde")))
-    _check_unconditioned(checkpoint, spec, ds, family, where)
-    methods = check_methods(methods, task, family)
+    _check_parameters(spec, ds, family, where)
+    for each in _class_families(spec, family):
+        methods = check_methods(methods, task, each)
     params = {k: v for k, v in dataset_params(ds).items() if family and k in family.defaults}
-    full = family.params(params) if family is not None else {}
-    levels = {}
-    if family is not None and family.name == "darcy" and "a" in spec.variables:
-        levels["a"] = (full["a_low"], full["a_high"])
+    levels = _levels(family, params, spec)
     if int(settings["members"]) != settings["members"] or settings["members"] < 1:
         raise PdediffError(f"members must be an integer >= 1, got {settings['members']}")
     resolve_protocol(checkpoint, settings["preset"], task, settings["protocol"])
@@ -643,6 +697,7 @@ def _evaluate_sample(
 ) -> None:
     """Draw sample ``index``'s observations once, run every method on them, add the rows."""
     sel = ds.isel({SAMPLE_DIM: index})
+    ctx = _for_sample(ctx, _sample_condition(ctx.spec, sel))
     sample = _Sample(
         index,
         draw_observations(ds, ctx.spec, ctx.task, index, seed, **draw),
@@ -700,6 +755,7 @@ def _add_rows(
                 "members": est[name].shape[0] if name in est else None,
                 **scores,
                 "error": error,
+                "condition": json.dumps(ctx.condition) if ctx.condition else "",
             }
         )
 
@@ -734,7 +790,11 @@ def evaluate(
         A ``pdediff train`` checkpoint directory.
     data
         The test set (a field file or Dataset with a ``sample`` dim): the model's fields
-        on its grid, from the same PDE family and parameters.
+        on its grid, from the same PDE family and parameters.  A conditioned model (``train
+        --condition``, ``--label``) gets each test sample's own values of its conditions
+        (the test set's per-sample variables; recorded in the ``condition`` column), the
+        PDE residual, solver and baselines that sample's parameters and, for a label of
+        PDE families (``pdediff merge``), its family.
     task
         ``forward``, ``inverse`` or ``joint``: which fields are observed.
     points, fraction

@@ -108,11 +108,11 @@ def _bind(
 ) -> Denoiser:
     """An expert bound to its own condition (the subset of ``condition`` it is conditioned
     on), with CFG; an unconditioned expert is bound to ``None``."""
-    if not spec.conditions:
+    if not spec.condition_names:
         return bind_condition(denoiser, None)
     from pdediff.solve.api import model_condition  # api imports this module
 
-    given = {k: v for k, v in (condition or {}).items() if k in spec.conditions}
+    given = {k: v for k, v in (condition or {}).items() if k in spec.condition_names}
     cond = model_condition(spec, given, cfg_weight, name)
     return conditioned_denoiser(denoiser, cond, cfg_weight, members)
 

@@ -6,6 +6,7 @@ A config file mirrors the tree; every key is optional and unknown keys are error
     steps = 2000
     variables = ["a", "u"]        # default: every field of the dataset
     condition = ["k"]             # per-sample parameters the model is conditioned on
+    label = "pde"                 # a per-sample variable of class names (e.g. the family)
     p_uncond = 0.1                # condition dropout for classifier-free guidance
 
     [model]
@@ -31,7 +32,8 @@ A config file mirrors the tree; every key is optional and unknown keys are error
 The backbone's input and output channels are not part of the config: they are the number
 of variables of the data's :class:`~pdediff.io.FieldSpec`; its ``vector_dim`` is the
 number of conditions (plus one, the augmentation level, for a super-resolution stage, whose
-``cond_channels`` is the number of variables).
+``cond_channels`` is the number of variables) and its ``num_labels`` the number of classes
+of the label.
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ SMALL_BACKBONE_KWARGS: dict[str, dict[str, Any]] = {
 #: Backbone keyword arguments fixed by the data, not by the config.
 DATA_KWARGS = ("in_channels", "out_channels")
 
-#: Backbone keyword arguments fixed by ``condition`` and ``cascade``.
-CONDITION_KWARGS = ("vector_dim", "cond_channels")
+#: Backbone keyword arguments fixed by ``condition``, ``label`` and ``cascade``.
+CONDITION_KWARGS = ("vector_dim", "cond_channels", "num_labels")
 
 #: The stages of a cascade: a base model (any ordinary model) and super-resolution stages.
 CASCADE_STAGES = ("base", "sr")
@@ -247,6 +249,11 @@ class TrainConfig:
         --param-range k=1:4``) fed to the backbone as ``cond["vector"]``, each mapped to
         [-1, 1] by its training range (:mod:`pdediff.io.conditions`, stored in the
         checkpoint's ``fieldspec.json``).  Empty: an unconditioned model.
+    label
+        A per-sample variable of class names (e.g. ``pde`` of
+        :func:`pdediff.io.conditions.label_datasets`, one model across PDE families) fed
+        to the backbone as ``cond["label"]``, the index of the class in the sorted class
+        names (stored in ``fieldspec.json``).  ``None``: no label.
     p_uncond
         Probability per sample of dropping the condition during training, so the same
         network learns the unconditional model for classifier-free guidance (Ho & Salimans
@@ -269,6 +276,7 @@ class TrainConfig:
     variables: list[str] | None = None
     deterministic: bool = False
     condition: list[str] = field(default_factory=list)
+    label: str | None = None
     p_uncond: float | None = None
     cascade: CascadeConfig = field(default_factory=CascadeConfig)
 
@@ -289,10 +297,15 @@ class TrainConfig:
         new = TrainConfig.from_dict({**self.to_dict(), **changes}, "command line")
         return new
 
+    @property
+    def conditioned(self) -> bool:
+        """Whether the model has a condition (scalars or a label) to drop for CFG."""
+        return bool(self.condition) or self.label is not None
+
     def resolved(self) -> TrainConfig:
         """A conditioned config with ``p_uncond`` filled in (:data:`DEFAULT_P_UNCOND` where
         it is ``None``); any other config unchanged."""
-        if self.p_uncond is not None or not self.condition:
+        if self.p_uncond is not None or not self.conditioned:
             return self
         p_uncond = 0.0 if self.cascade.is_sr else DEFAULT_P_UNCOND
         return dataclasses.replace(self, p_uncond=p_uncond)
@@ -337,10 +350,14 @@ class TrainConfig:
             raise ConfigError(f"{source}: condition names a variable twice: {self.condition}")
         if self.p_uncond is not None and not 0.0 <= self.p_uncond <= 1.0:
             raise ConfigError(f"{source}: p_uncond must be in [0, 1], got {self.p_uncond}")
-        if self.p_uncond and not self.condition:
+        if self.p_uncond and not self.conditioned:
             raise ConfigError(
                 f"{source}: p_uncond = {self.p_uncond} drops a condition, but condition is "
                 "empty; name the variables to condition on (--condition k) or remove p_uncond"
+            )
+        if self.label is not None and (not self.label.strip() or self.label in self.condition):
+            raise ConfigError(
+                f"{source}: label {self.label!r} must name a variable that is not a condition"
             )
         if "p_uncond" in self.loss:
             raise ConfigError(f"{source}: set p_uncond once, at the top level (not in [loss])")
@@ -465,11 +482,15 @@ def _check_kwargs(func: Any, kwargs: dict[str, Any], key: str, skip: tuple[str, 
 
 
 def backbone_kwargs(
-    model: ModelConfig, channels: int, conditions: int = 0, cond_channels: int = 0
+    model: ModelConfig,
+    channels: int,
+    conditions: int = 0,
+    cond_channels: int = 0,
+    num_labels: int = 0,
 ) -> dict[str, Any]:
     """The backbone's keyword arguments: CPU defaults, the config's, the channels and, for a
-    conditioned model, ``vector_dim = conditions`` (and ``cond_channels``, the channels of
-    ``cond["fields"]``, for a super-resolution stage)."""
+    conditioned model, ``vector_dim = conditions`` (``cond_channels``, the channels of
+    ``cond["fields"]``, for a super-resolution stage; ``num_labels``, the label's classes)."""
     from pdediff.nets import BACKBONES
 
     if model.backbone not in BACKBONES:
@@ -482,6 +503,8 @@ def backbone_kwargs(
         kwargs["vector_dim"] = conditions
     if cond_channels:
         kwargs["cond_channels"] = cond_channels
+    if num_labels:
+        kwargs["num_labels"] = num_labels
     return {"in_channels": channels, "out_channels": channels, **kwargs}
 
 

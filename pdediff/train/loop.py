@@ -219,22 +219,38 @@ def _fieldspec(ds: xr.Dataset, config: TrainConfig, name: str) -> FieldSpec:
         raise DataError(
             f"{name} lacks variable(s) {missing} named in the config; it has {list(ds.data_vars)}"
         )
-    return FieldSpec.from_dataset(ds, config.variables, conditions=config.condition)
+    return FieldSpec.from_dataset(
+        ds, config.variables, conditions=config.condition, label=config.label
+    )
 
 
-def _conditions(ds: xr.Dataset, spec: FieldSpec, name: str) -> torch.Tensor | None:
-    """``cond["vector"]`` of every sample, ``(N, D)`` in [-1, 1]; None when unconditioned."""
-    from pdediff.io.conditions import dataset_conditions
+def _conditions(ds: xr.Dataset, spec: FieldSpec, name: str) -> dict[str, torch.Tensor] | None:
+    """``cond`` of every sample: ``"vector"`` ``(N, D)`` in [-1, 1] and ``"label"`` ``(N,)``
+    class indices, each where the model has it; None when unconditioned."""
+    from pdediff.io.conditions import dataset_conditions, dataset_labels
 
-    return dataset_conditions(ds, spec.conditions, name) if spec.conditions else None
+    cond = {}
+    if spec.conditions:
+        cond["vector"] = dataset_conditions(ds, spec.conditions, name)
+    if spec.label:
+        cond["label"] = dataset_labels(ds, spec.label, name)
+    return cond or None
 
 
-def _fingerprint(x: torch.Tensor, cond: torch.Tensor | None = None) -> str:
+def _rows(cond: dict[str, torch.Tensor] | None, idx, device) -> dict[str, torch.Tensor] | None:
+    """The samples ``idx`` of every per-sample condition, on ``device``."""
+    if cond is None:
+        return None
+    return {k: v[idx].to(device, non_blocking=True) for k, v in cond.items()}
+
+
+def _fingerprint(x: torch.Tensor, cond: dict[str, torch.Tensor] | None = None) -> str:
     import hashlib
 
     h = hashlib.sha256(x.contiguous().numpy().tobytes())
-    if cond is not None:
-        h.update(cond.contiguous().numpy().tobytes())
+    for key in ("vector", "label"):
+        if cond is not None and key in cond:
+            h.update(cond[key].contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -254,16 +270,16 @@ class _Run:
     start: int
     elapsed: float
     provenance: dict[str, Any] = field(default_factory=dict)
-    cond_data: torch.Tensor | None = None  # (N, D) condition vectors of a conditioned model
+    cond_data: dict[str, torch.Tensor] | None = None  # per-sample conditions (vector, label)
     batch_cond: BatchConditioning | None = None  # conditioning made from each batch
 
 
-def _architecture(config: TrainConfig, channels: int) -> Architecture:
+def _architecture(config: TrainConfig, channels: int, labels: int = 0) -> Architecture:
     from pdediff.nets import build_backbone
 
     sr = config.cascade.is_sr  # + the augmentation level, + the low-resolution fields
     kwargs = backbone_kwargs(
-        config.model, channels, len(config.condition) + sr, channels if sr else 0
+        config.model, channels, len(config.condition) + sr, channels if sr else 0, labels
     )
     try:
         net_config = build_backbone(config.model.backbone, **kwargs).config
@@ -278,13 +294,13 @@ def _check_forward(
     model: nn.Module,
     x: torch.Tensor,
     config: TrainConfig,
-    cond: torch.Tensor | None,
+    cond: dict[str, torch.Tensor] | None,
     hook: BatchConditioning | None = None,
 ) -> None:
     """Fail before training when the backbone cannot take the data's grid (or condition)."""
     try:
         with torch.no_grad():
-            c = None if cond is None else {"vector": cond}
+            c = None if cond is None else dict(cond)
             if hook is not None:
                 c = hook(x, c, torch.Generator(device=x.device).manual_seed(0))
             out = model(x, torch.ones(x.shape[0], device=x.device), c)
@@ -304,7 +320,13 @@ def _plan(
     resume: bool,
     overwrite: bool,
 ) -> tuple[
-    Checkpoint | None, TrainConfig, FieldSpec, Architecture, torch.Tensor, torch.Tensor | None, str
+    Checkpoint | None,
+    TrainConfig,
+    FieldSpec,
+    Architecture,
+    torch.Tensor,
+    dict[str, torch.Tensor] | None,
+    str,
 ]:
     """The checkpoint to resume (or None), the config, the data's spec, tensor and
     condition vectors (None when unconditioned)."""
@@ -316,15 +338,17 @@ def _plan(
         config = _resume_config(ckpt, config)
         spec, arch = ckpt.fieldspec, ckpt.architecture
         spec.check_compatible(ds)
-        if list(spec.conditions) != config.condition:
+        label = spec.label.get("name") if spec.label else None
+        if list(spec.conditions) != config.condition or label != config.label:
             raise CheckpointError(
-                f"{out}: config.json conditions on {config.condition} but fieldspec.json "
-                f"holds the ranges of {list(spec.conditions)}: the checkpoint is inconsistent"
+                f"{out}: config.json conditions on {config.condition} (label "
+                f"{config.label}) but fieldspec.json holds {list(spec.conditions)} (label "
+                f"{label}): the checkpoint is inconsistent"
             )
     else:
         config = (config or TrainConfig()).resolved()
         spec = _fieldspec(ds, config, name)
-        arch = _architecture(config, len(spec.variables))
+        arch = _architecture(config, len(spec.variables), len(spec.label.get("classes", [])))
     return ckpt, config, spec, arch, spec.to_tensor(ds), _conditions(ds, spec, name), name
 
 
@@ -373,7 +397,7 @@ def _setup(
     torch.manual_seed(step_seed(config.seed, _INIT))  # the initial weights
     model = (ckpt.build(d.device) if ckpt else arch.build().to(d.device)).train()
     hook = BATCH_CONDITIONING[config.cascade.stage](config, spec)
-    c1 = None if cond is None else cond[:1].to(d.device)
+    c1 = _rows(cond, slice(0, 1), d.device)
     _check_forward(model, x[:1].to(d.device), config, c1, hook)
     o = config.optimizer
     opt = torch.optim.AdamW(
@@ -389,7 +413,7 @@ def _setup(
         _warn(d, f"the data differ from those {out} was trained on; resuming anyway")
     if d.device.type == "cuda" and x.numel() * x.element_size() <= _DEVICE_DATA_BYTES:
         x = x.to(d.device)
-        cond = None if cond is None else cond.to(d.device)
+        cond = _rows(cond, slice(None), d.device)
     origin = _provenance(ckpt, command, d)
     run = _Run(
         config, spec, arch, model, ema, opt, loss_fn, x, info, start, elapsed, origin, cond, hook
@@ -439,10 +463,7 @@ def _train_step(
     local = cfg.batch_size // d.world_size
     idx = sampler.indices(step)[d.rank * local : (d.rank + 1) * local]
     x0 = run.data[idx.to(run.data.device)].to(d.device, non_blocking=True)
-    cond = None
-    if run.cond_data is not None:
-        vector = run.cond_data[idx.to(run.cond_data.device)].to(d.device, non_blocking=True)
-        cond = {"vector": vector}
+    cond = _rows(run.cond_data, idx.to(run.data.device), d.device)
     lr = lr_at(step, cfg.optimizer.lr, cfg.optimizer.warmup_steps)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
