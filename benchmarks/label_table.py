@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--train-samples", type=int, default=1000, help="training pairs per family")
     a("--test-samples", type=int, default=6, help="test samples per family")
     a("--train-steps", type=int, default=2000)
-    a("--channels", type=int, default=32)
+    a("--channels", type=int, default=16)
     a("--channel-mult", nargs="+", type=int, default=[1, 2, 2])
     a("--batch", type=int, default=16)
     a("--lr", type=float, default=1e-3)
