@@ -23,6 +23,9 @@ source ``a``, so only ``u`` tells them apart.  The script
    * ``joint, swapped label``: the same with each sample labelled as the other family;
    * ``solver, right label``: preset ``pdediff``, ``u`` from the reference solver of the
      family the label names (the physics exact);
+   * ``per-family, joint`` and ``per-family, solver``: the same two presets with a model
+     trained on that family's part of the training set alone (the same UNet, steps, batch
+     and seed): the usual alternative to one labelled model (``--no-per-family``: none);
    * the classical baselines on the same sensors (forward: interpolate ``a`` then solve;
      inverse: TV-regularised PDE-constrained fit).
 
@@ -67,6 +70,35 @@ PROTOCOL = {
 INVERSE_SOLVER = {"consistency_steps": 10, "consistency_lr": 0.05}
 BASELINE = {"forward": "interp-solve", "inverse": "pde-fit"}
 SCORES = ("rel_l2_mean", "crps", "coverage90", "spread_skill", "seconds")
+
+
+def train_models(args: argparse.Namespace, work: Path, data: Path) -> dict[str, Path]:
+    """The labelled model and, unless ``--no-per-family``, one model per family on its
+    part of the same data (each goes on from its checkpoint after a crash)."""
+    merged = open_fields(data)
+    jobs: dict[str, tuple[Any, dict]] = {"labelled": (data, {"label": "pde"})}
+    for fam in FAMILIES if args.per_family else ():
+        part = merged.isel(sample=np.flatnonzero(merged["pde"].values.astype(str) == fam))
+        own = json.loads(merged.attrs["label_attrs"])[fam]
+        common = {k: v for k, v in merged.attrs.items() if k != "label_attrs"}
+        jobs[fam] = (part.drop_vars("pde").assign_attrs({**common, **own}), {})
+    models = {}
+    for name, (source, extra) in jobs.items():
+        out = work / ("model" if name == "labelled" else f"model_{name}")
+        config = TrainConfig.from_dict(unet_config(args, args.train_steps, **extra))
+        print(f"training {name} ({args.train_steps} steps)", flush=True)
+        train(
+            source,
+            out,
+            config,
+            resume=(out / "state.json").exists() and not args.overwrite,
+            overwrite=args.overwrite,
+            progress=args.progress,
+            device=args.device,
+            command=" ".join(sys.argv),
+        )
+        models[name] = out
+    return models
 
 
 def make_data(args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, xr.Dataset]]:
@@ -124,18 +156,25 @@ def score(rows: list[dict], method: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def run_rows(args, model: Path, tests: dict[str, xr.Dataset], overrides: dict) -> list[dict]:
+def run_rows(args, models: dict[str, Path], tests: dict[str, xr.Dataset], overrides: dict):
     """Every row on both families and both tasks."""
     records = []
     other = dict(zip(FAMILIES, reversed(FAMILIES), strict=True))
+    joint_methods = ("diffusion",)
     for task in ("forward", "inverse"):
         for fam, test in tests.items():
+            one = models["labelled"]
             settings = [
-                ("joint, right label", "joint", fam, ("diffusion", BASELINE[task])),
-                ("joint, swapped label", "joint", other[fam], ("diffusion",)),
-                ("solver, right label", "pdediff", fam, ("diffusion",)),
+                ("joint, right label", one, "joint", fam, ("diffusion", BASELINE[task])),
+                ("joint, swapped label", one, "joint", other[fam], joint_methods),
+                ("solver, right label", one, "pdediff", fam, joint_methods),
             ]
-            for label, preset, given, methods in settings:
+            if fam in models:
+                settings += [
+                    ("per-family, joint", models[fam], "joint", None, joint_methods),
+                    ("per-family, solver", models[fam], "pdediff", None, joint_methods),
+                ]
+            for label, model, preset, given, methods in settings:
                 protocol = {"steps": args.steps, **PROTOCOL[preset], **overrides.get(preset, {})}
                 if preset == "pdediff" and task == "inverse":
                     protocol = {**INVERSE_SOLVER, **protocol}
@@ -143,7 +182,7 @@ def run_rows(args, model: Path, tests: dict[str, xr.Dataset], overrides: dict) -
                 t0 = time.perf_counter()
                 result = evaluate(
                     model,
-                    labelled(test, given),
+                    test if given is None else labelled(test, given),
                     task=task,
                     points=args.points,
                     members=args.members,
@@ -206,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--steps", type=int, default=16, help="Heun steps")
     a("--protocol-json", default="{}", help='overrides per preset, {"joint": {...}}')
     a("--seed", type=int, default=0)
+    a("--no-per-family", dest="per_family", action="store_false", help="no per-family models")
     add_run_options(p)
     return p
 
@@ -219,24 +259,14 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     train_path, tests = make_data(args, work)
-    model = work / "model"
-    config = TrainConfig.from_dict(unet_config(args, args.train_steps, label="pde"))
-    resume = (model / "state.json").exists() and not args.overwrite  # goes on after a crash
-    train(
-        train_path,
-        model,
-        config,
-        resume=resume,
-        overwrite=args.overwrite,
-        progress=args.progress,
-        device=args.device,
-        command=" ".join(sys.argv),
-    )
-    train_s = json.loads((model / "state.json").read_text()).get("elapsed")
-    records = run_rows(args, model, tests, json.loads(args.protocol_json))
+    models = train_models(args, work, train_path)
+    records = run_rows(args, models, tests, json.loads(args.protocol_json))
     result = {
         "settings": vars(args),
-        "train_seconds": train_s,
+        "train_seconds": {
+            name: json.loads((path / "state.json").read_text()).get("elapsed")
+            for name, path in models.items()
+        },
         "records": records,
         "markdown": markdown(records),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -17,7 +17,13 @@ TINY = [
     "--channels", "8", "--channel-mult", "1", "2", "--batch", "4", "--points", "10",
     "--members", "2", "--steps", "2", "--threads", "1",
 ]  # fmt: skip
-ROWS = {"joint, right label", "joint, swapped label", "solver, right label"}
+ROWS = {
+    "joint, right label",
+    "joint, swapped label",
+    "solver, right label",
+    "per-family, joint",
+    "per-family, solver",
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +39,9 @@ def test_label_table(label_table, tmp_path, capsys):
     merged = open_fields(work / "train.nc")
     assert sorted(set(merged["pde"].values.tolist())) == ["helmholtz", "poisson"]
     assert read_checkpoint(work / "model").fieldspec.label["classes"] == ["helmholtz", "poisson"]
+    for fam in ("poisson", "helmholtz"):  # one model per family on its part of the data
+        spec = read_checkpoint(work / f"model_{fam}").fieldspec
+        assert not spec.label and spec.attrs["pde"] == fam
     records = doc["records"]
     for task, baseline in (("forward", "interp-solve"), ("inverse", "pde-fit")):
         for fam, other in (("poisson", "helmholtz"), ("helmholtz", "poisson")):
@@ -53,6 +62,7 @@ def test_label_table(label_table, tmp_path, capsys):
     )
     assert result["records"] == records
     # a second run reuses the data and the trained model (resume: nothing retrained)
-    stamp = (work / "model" / "state.json").stat().st_mtime_ns
+    states = [work / m / "state.json" for m in ("model", "model_poisson", "model_helmholtz")]
+    stamps = [s.stat().st_mtime_ns for s in states]
     label_table.main(["--work", str(work), "--out", str(out), "--resume", *TINY])
-    assert (work / "model" / "state.json").stat().st_mtime_ns == stamp
+    assert [s.stat().st_mtime_ns for s in states] == stamps
