@@ -3,6 +3,8 @@ the end-to-end API and CLI on a tiny trained model, and bad input."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -269,3 +271,29 @@ def test_sampler_options_reach_the_sampler_and_are_checked(darcy):
     with pytest.raises(PdediffError, match=r"has no option\(s\) \['n_correctr'\]"):
         bad = one.with_overrides(sampler_options={"n_correctr": 3})
         sample_posterior(standard_normal_denoiser, spec, model, bad, members=2)
+
+
+def test_consistency_below_its_sigma_max_and_the_step_correction_above():
+    """``consistency_sigma_max`` splits the guidance: the DiffusionPDE step correction on
+    the noisy steps, data consistency on the estimates below it."""
+    from pdediff.core.guidance import ObservationTerm, consistency_correction, step_correction
+    from pdediff.solve.posterior import _correction
+
+    def denoiser(x, sigma, cond=None):
+        return 0.9 * torch.tanh(x) / (1 + torch.as_tensor(sigma, dtype=x.dtype) ** 2)
+
+    y = torch.tensor([[0.5, -0.2]], dtype=torch.float64)
+    terms = [(ObservationTerm(lambda x0: x0.flatten(1)[:, :2], y, name="obs"), 2.0)]
+    proto = Protocol(consistency_steps=3, consistency_lr=0.1, consistency_sigma_max=1.0)
+    both = _correction(denoiser, terms, proto)
+    step = step_correction(denoiser, terms)
+    consistency = consistency_correction(denoiser, terms, 3, 0.1)
+    x = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for sig, ref, other in ((3.0, step, consistency), (0.5, consistency, step)):
+        sigma = torch.tensor(sig, dtype=torch.float64)
+        out = both(x, sigma, denoiser(x, sigma), 0)
+        torch.testing.assert_close(out, ref(x, sigma, denoiser(x, sigma), 0))
+        assert not torch.allclose(out, other(x, sigma, denoiser(x, sigma), 0))
+    whole = _correction(denoiser, terms, replace(proto, consistency_sigma_max=None))
+    sigma = torch.tensor(3.0, dtype=torch.float64)
+    torch.testing.assert_close(whole(x, sigma, x, 0), consistency(x, sigma, x, 0))

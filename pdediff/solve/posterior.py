@@ -105,7 +105,9 @@ class Protocol:
         ``consistency_lr`` (normalised units) on the weighted guidance loss move the
         denoiser's estimate, the noise is kept.  The network is never differentiated, so
         the solver can be fitted tightly for the cost of ``K`` solves and adjoints.
-        ``consistency_sigma_max = None``: at every step.
+        ``consistency_sigma_max = None``: at every step; otherwise the step correction
+        guides the steps above it (early, noisy estimates: the gradient through the
+        network spreads what the observations say) and data consistency those below.
     """
 
     sampler: str = "heun"
@@ -315,16 +317,26 @@ def _correction(denoiser: Denoiser, terms: list, protocol: Protocol) -> Correcti
     :class:`Protocol`); None without terms."""
     if not terms:
         return None
-    if protocol.consistency_steps:
-        sigma_max = protocol.consistency_sigma_max
-        return consistency_correction(
-            denoiser,
-            terms,
-            protocol.consistency_steps,
-            protocol.consistency_lr,
-            float("inf") if sigma_max is None else sigma_max,
-        )
-    return step_correction(denoiser, terms)
+    step = step_correction(denoiser, terms)
+    if not protocol.consistency_steps:
+        return step
+    sigma_max = protocol.consistency_sigma_max
+    consistency = consistency_correction(
+        denoiser,
+        terms,
+        protocol.consistency_steps,
+        protocol.consistency_lr,
+        float("inf") if sigma_max is None else sigma_max,
+    )
+    if sigma_max is None:
+        return consistency
+
+    def switched(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor, i: int):
+        if float(torch.as_tensor(sigma).max()) > sigma_max:
+            return step(x, sigma, denoised, i)
+        return consistency(x, sigma, denoised, i)
+
+    return switched
 
 
 def sample_posterior(
