@@ -11,7 +11,9 @@ source ``a``, so only ``u`` tells them apart.  The script
 2. trains one small UNet on both, conditioned on the label with condition dropout 0.1
    (:func:`pdediff.train.train` with ``label = "pde"``, what ``pdediff train --label pde``
    runs), ``--train-steps`` steps;
-3. scores it on ``--test-samples`` held-out samples of each family (seeds ``--seed + 2``,
+3. checks whether the label steers the prior: unguided samples ``(a, u)`` for each label,
+   scored by the relative residual of each family's discrete PDE and the RMS of ``u``;
+4. scores it on ``--test-samples`` held-out samples of each family (seeds ``--seed + 2``,
    ``+ 3``) with :func:`pdediff.solve.evaluate.evaluate`, which gives each sample the
    model's condition from the test set (here its family), ``--points`` sensors per
    observed field from the seeds ``(--seed, i)``, ``--members`` members, ``--steps``
@@ -212,6 +214,47 @@ def run_rows(args, models: dict[str, Path], tests: dict[str, xr.Dataset], overri
     return records
 
 
+def prior_check(args, model: Path, tests: dict[str, xr.Dataset]) -> dict[str, dict]:
+    """Does the label steer the prior?  ``--prior-samples`` unguided joint samples ``(a, u)``
+    per label (one sensor of weight 0, no PDE term, the same seed for every label), and
+    the median relative residual of the pairs under each family's discrete PDE (with its
+    parameters), and the RMS of ``u``; the test data's RMS of ``u`` beside it."""
+    from pdediff.io.observations import observations_from_truth
+    from pdediff.metrics import residual_norm
+    from pdediff.pde.registry import FAMILIES as REGISTRY
+    from pdediff.solve import solve
+
+    params = {"poisson": {}, "helmholtz": {"k": args.helmholtz_k}}
+    out = {}
+    for label, test in tests.items():
+        obs, _ = observations_from_truth(test.isel(sample=[0]), ["u"], count=1, seed=0)
+        post = solve(
+            model,
+            obs,
+            task="joint",
+            members=args.prior_samples,
+            preset="joint",
+            protocol={"steps": args.steps, "default_obs_weight": 0.0, "pde_weight": 0.0},
+            seed=args.seed,
+            condition={"pde": label},
+            progress=False,
+        )
+        fields = {
+            f: post[f].transpose("member", "y", "x").values.astype(np.float64) for f in ("a", "u")
+        }
+        grid = REGISTRY[label].grid(args.resolution, {})
+        out[label] = {
+            f"residual_{fam}": float(
+                np.median(residual_norm(REGISTRY[fam], fields, grid, params[fam]).relative)
+            )
+            for fam in FAMILIES
+        }
+        out[label]["u_rms"] = float(np.sqrt((fields["u"] ** 2).mean()))
+        out[label]["data_u_rms"] = float(np.sqrt((test["u"].values.astype(float) ** 2).mean()))
+        print(f"prior, label {label}: {out[label]}", flush=True)
+    return out
+
+
 def markdown(records: list[dict]) -> str:
     """A table: rows x (task, family), the relative L2 error of the inferred field (%)."""
     cols = [(t, f) for t in ("forward", "inverse") for f in FAMILIES]
@@ -248,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--steps", type=int, default=16, help="Heun steps")
     a("--protocol-json", default="{}", help='overrides per preset, {"joint": {...}}')
     a("--seed", type=int, default=0)
+    a("--prior-samples", type=int, default=16, help="unguided samples per label")
     a("--no-per-family", dest="per_family", action="store_false", help="no per-family models")
     add_run_options(p)
     return p
@@ -263,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     train_path, tests = make_data(args, work)
     models = train_models(args, work, train_path)
+    prior = prior_check(args, models["labelled"], tests)
     records = run_rows(args, models, tests, json.loads(args.protocol_json))
     result = {
         "settings": vars(args),
@@ -270,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
             name: json.loads((path / "state.json").read_text()).get("elapsed")
             for name, path in models.items()
         },
+        "prior": prior,
         "records": records,
         "markdown": markdown(records),
         "seconds": round(time.perf_counter() - t0, 1),

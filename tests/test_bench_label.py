@@ -15,7 +15,7 @@ from pdediff.train import read_checkpoint
 TINY = [
     "--resolution", "8", "--train-samples", "4", "--test-samples", "2", "--train-steps", "3",
     "--channels", "8", "--channel-mult", "1", "2", "--batch", "4", "--points", "10",
-    "--members", "2", "--steps", "2", "--threads", "1",
+    "--members", "2", "--steps", "2", "--threads", "1", "--prior-samples", "2",
 ]  # fmt: skip
 ROWS = {
     "joint, right label",
@@ -61,6 +61,10 @@ def test_label_table(label_table, tmp_path, capsys):
         "| joint, swapped label |" in doc["markdown"] and doc["markdown"] in capsys.readouterr().out
     )
     assert result["records"] == records
+    for label in ("poisson", "helmholtz"):  # the prior check: residuals under both families
+        prior = doc["prior"][label]
+        assert set(prior) == {"residual_poisson", "residual_helmholtz", "u_rms", "data_u_rms"}
+        assert all(math.isfinite(v) and v >= 0 for v in prior.values())
     # a second run reuses the data and the trained model (resume: nothing retrained)
     states = [work / m / "state.json" for m in ("model", "model_poisson", "model_helmholtz")]
     stamps = [s.stat().st_mtime_ns for s in states]
