@@ -297,3 +297,35 @@ def test_consistency_below_its_sigma_max_and_the_step_correction_above():
     whole = _correction(denoiser, terms, replace(proto, consistency_sigma_max=None))
     sigma = torch.tensor(3.0, dtype=torch.float64)
     torch.testing.assert_close(whole(x, sigma, x, 0), consistency(x, sigma, x, 0))
+
+
+def test_observations_of_a_need_no_solve_in_solver_mode(darcy, monkeypatch):
+    """In solver mode an observation of the coefficient acts on the clipped estimate alone:
+    the same loss and gradient as through the full solver map, without its solve."""
+    from pdediff.core.schedules import karras_sigmas
+    from pdediff.solve import posterior
+
+    spec = FieldSpec.from_dataset(darcy, ["a", "u"])
+    obs, _ = observations_from_truth(darcy.isel(sample=[0]), ["a", "u"], count=6, seed=0)
+    model = build_operator(obs, spec, normalised=True)
+    fam, proto = FAMILIES["darcy"], Protocol(default_obs_weight=1.0, solver=True)
+    solved = posterior.solver_map(fam, spec, {})
+    clipped = posterior.solver_map(fam, spec, {}, solve=False)
+    sigmas = karras_sigmas(8, dtype=torch.float64)
+    full = posterior.guidance_terms(model, spec, proto, sigmas, None, solved)
+    fast = posterior.guidance_terms(model, spec, proto, sigmas, None, solved, clipped)
+    x0 = torch.randn(
+        3, 2, *spec.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    calls = []
+    real = posterior.solve_torch
+    monkeypatch.setattr(posterior, "solve_torch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for (t_full, _), (t_fast, _) in zip(full, fast, strict=True):
+        grads = []
+        for term in (t_full, t_fast):
+            x = x0.clone().requires_grad_(True)
+            loss = term.loss(x).sum()
+            grads.append((loss.detach(), torch.autograd.grad(loss, x)[0]))
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+    # the a term of the full map solves, the fast one does not; u needs the solve in both
+    assert len(calls) == 3

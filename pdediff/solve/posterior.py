@@ -206,7 +206,7 @@ def pde_residual_fn(
 
 
 def solver_map(
-    family: PDEFamily, spec: FieldSpec, params: Params
+    family: PDEFamily, spec: FieldSpec, params: Params, solve: bool = True
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x0 -> x0'`` (normalised, ``(N, C, *grid)``): the coefficient clipped to the prior's
     range ``[a_low, a_high]`` where the family has one, the solution replaced by the
@@ -214,6 +214,8 @@ def solver_map(
 
     The clip passes gradients straight through (its value is clipped, its derivative is
     one), so an observation of ``a`` still pulls an estimate that left the range back in.
+    ``solve=False``: the clip alone (the solution channel as it is), all an observation of
+    the coefficient needs.
     """
     if family.name not in SOLVER_FAMILIES:
         raise PdediffError(
@@ -232,9 +234,10 @@ def solver_map(
         if "a_low" in p:
             # value exactly the clipped one (a + (clip - a) rounds for large |a|), slope 1
             a = a.clamp(p["a_low"], p["a_high"]).detach() + (a - a.detach())
-        u = solve_torch(family, a, grid, p)
         channels = list(phys.unbind(1))
-        channels[ia], channels[iu] = a, u
+        channels[ia] = a
+        if solve:
+            channels[iu] = solve_torch(family, a, grid, p)
         return spec.normalise(torch.stack(channels, 1))
 
     return mapped
@@ -247,10 +250,13 @@ def guidance_terms(
     sigmas: torch.Tensor,
     residual: Callable[[torch.Tensor], torch.Tensor] | None,
     solved: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    clipped: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list:
     """The weighted terms of the step correction (one observation term per field).
 
-    ``solved`` (:func:`solver_map`) makes every observation act on the solved estimate.
+    ``solved`` (:func:`solver_map`) makes every observation act on the solved estimate;
+    with ``clipped`` (``solver_map(..., solve=False)``) observations of the coefficient
+    ``a`` act on the clipped estimate instead, the same loss without a solve.
     """
     s_switch = (
         sigma_at_step_fraction(sigmas, protocol.switch_fraction)
@@ -269,7 +275,7 @@ def guidance_terms(
             continue
         y = model.y[slices[name]]
         if solved is not None:
-            op = _compose(op, solved)
+            op = _compose(op, clipped if clipped is not None and name == "a" else solved)
         term = ObservationTerm(op, y, norm="l2", name=f"obs_{name}")
         terms.append((term, schedule(zeta, protocol.obs_weight_after * zeta)))
     if residual is not None and protocol.pde_weight > 0:
@@ -388,7 +394,8 @@ def sample_posterior(
     residual = pde_residual_fn(family, spec, params or {}) if family is not None else None
     if solved is not None:
         residual = None  # u(a) solves the discrete PDE: the residual is zero
-    terms = guidance_terms(model, spec, protocol, sigmas, residual, solved)
+    clipped = solver_map(family, spec, params or {}, solve=False) if solved is not None else None
+    terms = guidance_terms(model, spec, protocol, sigmas, residual, solved, clipped)
     correction = _correction(denoiser, terms, protocol)
     generator = torch.Generator().manual_seed(seed)
     x = sigmas[0] * torch.randn(
