@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conditioned import TINY, forward_with_every_node
 
 from pdediff.cli import main
 from pdediff.errors import DataError, PdediffError
@@ -17,14 +18,6 @@ from pdediff.io.conditions import dataset_labels, label_classes, label_datasets
 from pdediff.io.observations import observations_from_truth
 from pdediff.solve.api import condition_params, model_condition, model_family
 from pdediff.train import TrainConfig, read_checkpoint, train
-
-TINY = {
-    "model": {"backbone_kwargs": {"model_channels": 8, "channel_mult": [1, 2]}},
-    "optimizer": {"lr": 2e-3, "warmup_steps": 2},
-    "batch_size": 4,
-    "log_every": 3,
-    "checkpoint_every": 3,
-}
 
 
 @pytest.fixture(scope="module")
@@ -158,23 +151,9 @@ def test_solve_uses_the_family_of_the_label(model, parts):
 
 
 def test_evaluate_gives_each_sample_its_class(model, merged):
-    from pdediff.solve.evaluate import evaluate
-
-    test = merged.isel(sample=[0, 11])
-    result = evaluate(
-        model,
-        test,
-        task="forward",
-        fraction=1.0,
-        members=1,
-        protocol={"steps": 2},
-        methods=("diffusion", "interp-solve"),
-        progress=False,
-    )
-    classes = {row["sample"]: json.loads(row["condition"])["pde"] for row in result.rows}
-    assert classes == {0: "poisson", 1: "helmholtz"}
-    exact = [r for r in result.rows if r["method"] == "interp-solve" and r["field"] == "u"]
-    assert len(exact) == 2 and all(r["rel_l2_mean"] < 1e-6 for r in exact)
+    conditions, exact = forward_with_every_node(model, merged.isel(sample=[0, 11]))
+    assert conditions == {0: {"pde": "poisson"}, 1: {"pde": "helmholtz"}}
+    assert all(err < 1e-6 for err in exact.values()) and len(exact) == 2
 
 
 # -- command line -------------------------------------------------------------------------
