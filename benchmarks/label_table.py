@@ -62,7 +62,7 @@ from _common import add_run_options, check_work, save, unet_config  # noqa: E402
 
 from pdediff.generate import generate  # noqa: E402
 from pdediff.io import open_fields, write_fields  # noqa: E402
-from pdediff.io.conditions import label_datasets  # noqa: E402
+from pdediff.io.conditions import label_datasets, label_parts  # noqa: E402
 from pdediff.solve.evaluate import evaluate  # noqa: E402
 from pdediff.train import TrainConfig, train  # noqa: E402
 
@@ -80,13 +80,9 @@ SCORES = ("rel_l2_mean", "crps", "coverage90", "spread_skill", "seconds")
 def train_models(args: argparse.Namespace, work: Path, data: Path) -> dict[str, Path]:
     """The labelled model and, unless ``--no-per-family``, one model per family on its
     part of the same data (each goes on from its checkpoint after a crash)."""
-    merged = open_fields(data)
     jobs: dict[str, tuple[Any, dict]] = {"labelled": (data, {"label": "pde"})}
-    for fam in FAMILIES if args.per_family else ():
-        part = merged.isel(sample=np.flatnonzero(merged["pde"].values.astype(str) == fam))
-        own = json.loads(merged.attrs["label_attrs"])[fam]
-        common = {k: v for k, v in merged.attrs.items() if k != "label_attrs"}
-        jobs[fam] = (part.drop_vars("pde").assign_attrs({**common, **own}), {})
+    if args.per_family:
+        jobs.update({fam: (part, {}) for fam, part in label_parts(open_fields(data)).items()})
     models = {}
     for name, (source, extra) in jobs.items():
         out = work / ("model" if name == "labelled" else f"model_{name}")

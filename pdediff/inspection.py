@@ -3,7 +3,6 @@ pdediff's discretisation (so a user can check imported data before training on i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 import xarray as xr
 
 from pdediff.errors import DataError
-from pdediff.io.conditions import LABEL_ATTRS
+from pdediff.io.conditions import LABEL_ATTRS, label_parts
 from pdediff.io.conventions import (
     SAMPLE_DIM,
     attrs_param_ranges,
@@ -137,11 +136,8 @@ def format_report(ds: xr.Dataset, path: str, max_samples: int | None = 16) -> st
         classes, counts = np.unique(ds[name].values.astype(str), return_counts=True)
         listed = ", ".join(f"{c} {n}" for c, n in zip(classes, counts, strict=True))
         lines.append(f"  label {name}: {listed}")
-    stored = json.loads(ds.attrs.get(LABEL_ATTRS, "{}"))
-    if len(labels) == 1 and stored:  # merged families: the residual of each class
-        for c in sorted(stored):
-            part = ds.isel({SAMPLE_DIM: np.flatnonzero(ds[labels[0]].values.astype(str) == c)})
-            part.attrs = {**ds.attrs, **stored[c]}
+    if len(labels) == 1 and LABEL_ATTRS in ds.attrs:  # merged families: each class's residual
+        for c, part in label_parts(ds, labels[0]).items():
             lines += _residual_lines(part, max_samples, f" of {labels[0]} = {c}")
     else:
         lines += _residual_lines(ds, max_samples, "")

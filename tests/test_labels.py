@@ -14,7 +14,7 @@ from pdediff.cli import main
 from pdediff.errors import DataError, PdediffError
 from pdediff.generate import generate
 from pdediff.io import FieldSpec, open_fields, write_fields
-from pdediff.io.conditions import dataset_labels, label_classes, label_datasets
+from pdediff.io.conditions import dataset_labels, label_classes, label_datasets, label_parts
 from pdediff.io.observations import observations_from_truth
 from pdediff.solve.api import condition_params, model_condition, model_family
 from pdediff.train import TrainConfig, read_checkpoint, train
@@ -55,6 +55,9 @@ def test_merge_labels_each_sample_and_keeps_each_family(parts, merged, tmp_path)
     assert label["classes"] == ["helmholtz", "poisson"]
     assert label["attrs"]["helmholtz"]["param_k"] == 2.0
     np.testing.assert_array_equal(dataset_labels(back, label).numpy(), [1] * 6 + [0] * 6)
+    for fam, part in label_parts(back, "pde").items():  # the inverse of the merge
+        np.testing.assert_array_equal(part["u"].values, parts[fam]["u"].values)
+        assert part.attrs["pde"] == fam and "pde" not in part.variables
 
 
 def test_merge_and_label_errors(parts, merged):

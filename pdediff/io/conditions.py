@@ -42,6 +42,7 @@ __all__ = [
     "format_ranges",
     "label_classes",
     "label_datasets",
+    "label_parts",
     "sample_variable",
 ]
 
@@ -287,6 +288,19 @@ def label_datasets(datasets: Mapping[str, xr.Dataset], name: str = "pde") -> xr.
     out[name].attrs["long_name"] = "label" if name != "pde" else "PDE family"
     out.attrs = {**common, LABEL_ATTRS: json.dumps(own)}
     return out
+
+
+def label_parts(ds: xr.Dataset, name: str = "pde") -> dict[str, xr.Dataset]:
+    """The inverse of :func:`label_datasets`: ``class -> its samples``, the label variable
+    dropped and the class's own attributes (``label_attrs``) over the shared ones."""
+    values = np.asarray(sample_variable(ds, name, "dataset").values).astype(str)
+    own = json.loads(ds.attrs.get(LABEL_ATTRS, "{}"))
+    common = {k: v for k, v in ds.attrs.items() if k != LABEL_ATTRS}
+    parts = {}
+    for c in sorted(set(values.tolist())):
+        part = ds.isel({SAMPLE_DIM: np.flatnonzero(values == c)}).drop_vars(name)
+        parts[c] = part.assign_attrs({**common, **own.get(c, {})})
+    return parts
 
 
 def _same(a, b) -> bool:
