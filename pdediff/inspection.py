@@ -16,6 +16,7 @@ from pdediff.io.conventions import (
     attrs_param_ranges,
     dataset_params,
     grid_from_dataset,
+    is_label,
     sample_variables,
 )
 from pdediff.pde.registry import FAMILIES
@@ -37,8 +38,8 @@ def summarise(ds: xr.Dataset) -> list[VariableSummary]:
     """Dims, shape, units, range, mean and the number of NaN/inf of each data variable."""
     out = []
     for name, var in ds.data_vars.items():
-        if not np.issubdtype(var.dtype, np.number) and var.dtype != bool:
-            continue  # a label (class names): see format_report
+        if is_label(var):
+            continue  # class names: see format_report
         values = np.asarray(var.values, dtype=np.float64)
         finite = values[np.isfinite(values)]
         stats = (finite.min(), finite.max(), finite.mean()) if finite.size else (np.nan,) * 3
@@ -131,7 +132,7 @@ def format_report(ds: xr.Dataset, path: str, max_samples: int | None = 16) -> st
             f"    {s.name:<8} {str(s.dims):<24} [{s.units}]  min {s.minimum:.4g}  "
             f"max {s.maximum:.4g}  mean {s.mean:.4g}  NaN/inf {s.nonfinite}"
         )
-    labels = [n for n, v in ds.data_vars.items() if not np.issubdtype(v.dtype, np.number)]
+    labels = [n for n, v in ds.data_vars.items() if is_label(v)]
     for name in labels:
         classes, counts = np.unique(ds[name].values.astype(str), return_counts=True)
         listed = ", ".join(f"{c} {n}" for c, n in zip(classes, counts, strict=True))

@@ -201,11 +201,16 @@ def grid_from_dataset(ds: xr.Dataset, dims: tuple[str, ...] | None = None) -> Gr
     return Grid({d: ds[d].values for d in dims}, periodic=periodic)
 
 
+def is_label(var: xr.DataArray) -> bool:
+    """Whether a variable holds class names (a label), not numbers."""
+    return not (np.issubdtype(var.dtype, np.number) or var.dtype == bool)
+
+
 def check_finite(ds: xr.Dataset, where: str = "dataset") -> None:
     """Raise :class:`DataError` naming the variable and sample of the first NaN/inf."""
     for name, var in ds.data_vars.items():
-        if not np.issubdtype(var.dtype, np.number):
-            continue  # a label of class names
+        if is_label(var):
+            continue
         bad = ~np.isfinite(np.asarray(var.values))
         if bad.any():
             idx = np.argwhere(bad)[0]
