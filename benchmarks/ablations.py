@@ -35,7 +35,7 @@ import torch
 
 from pdediff.errors import PdediffError
 from pdediff.io.store import open_fields
-from pdediff.solve.api import PRESETS
+from pdediff.solve.api import PRESETS, task_fields
 from pdediff.train import read_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -51,7 +51,6 @@ from solver_table import (  # noqa: E402
     sensor_label,
     sensor_setting,
     stat,
-    task_fields,
 )
 
 STUDIES = {"a": "pde", "b": "steps", "c": "fraction", "d": "noise", "e": "members"}

@@ -114,7 +114,13 @@ from pdediff.io.observations import Observations, build_operator
 from pdediff.metrics import coverage, crps_ensemble
 from pdediff.pde.base import Grid
 from pdediff.pde.registry import FAMILIES
-from pdediff.solve.api import posterior_dataset, resolve_protocol, select_task, solve
+from pdediff.solve.api import (
+    posterior_dataset,
+    resolve_protocol,
+    select_task,
+    solve,
+    task_fields,
+)
 from pdediff.solve.evaluate import draw_observations, sample_seeds, score_field
 from pdediff.solve.posterior import sample_posterior
 from pdediff.train import TrainConfig, load_checkpoint, read_checkpoint, train
@@ -129,7 +135,6 @@ from solver_table import (  # noqa: E402
     preset_overrides,
     sensor_label,
     sensor_setting,
-    task_fields,
 )
 
 FAMILY = FAMILIES["helmholtz"]

@@ -10,8 +10,8 @@ are :func:`pdediff.solve.evaluate.evaluate` calls on the same test samples:
 * ``joint``: the ``joint`` preset (both fields sampled, observation and PDE residual terms);
 * ``diffusionpde``: the released DiffusionPDE protocol (Heun 2,000 steps, step correction,
   switch at 80 %), on the first ``--dp-samples`` samples only;
-* ``classical``: ``interp-solve`` (forward) and ``pde-fit`` (inverse), for Darcy, Poisson and
-  Helmholtz;
+* ``classical``: ``interp-solve`` (forward; Darcy, Poisson, Helmholtz, Navier-Stokes) and
+  ``pde-fit`` (inverse; Darcy, Poisson, Helmholtz);
 * ``fno``: the FNO baselines ``--fno-forward`` / ``--fno-inverse`` (one per task; the same
   model serves every sensor setting), when given.
 
@@ -51,8 +51,8 @@ import torch
 
 from pdediff.errors import PdediffError
 from pdediff.io.store import open_fields
-from pdediff.solve.api import PRESETS, resolve_protocol
-from pdediff.solve.evaluate import BASELINE_FAMILIES, evaluate, table_paths
+from pdediff.solve.api import PRESETS, resolve_protocol, task_fields
+from pdediff.solve.evaluate import CLASSICAL_METHODS, evaluate, table_paths
 from pdediff.solve.posterior import Protocol
 from pdediff.train import read_checkpoint
 
@@ -131,15 +131,6 @@ def nfe(protocol: Mapping) -> dict[str, int | None]:
     weights = [protocol["default_obs_weight"], protocol["pde_weight"]]
     guided = any(w > 0 for w in [*weights, *dict(protocol["obs_weight"]).values()])
     return {"sampler": sampler, "total": sampler + (steps - 1 if guided else 0)}
-
-
-def task_fields(spec, task: str) -> tuple[list[str], list[str]]:
-    """(observed, inferred) fields of ``task``, by the fields' ``role`` as in
-    :func:`pdediff.solve.api.select_task`."""
-    role = "coefficient" if task == "forward" else "solution"
-    roles = {v: spec.variable_attrs.get(v, {}).get("role", "solution") for v in spec.variables}
-    observed = [v for v in spec.variables if roles[v] == role]
-    return observed, [v for v in spec.variables if v not in observed]
 
 
 def _normal(x: Any) -> Any:
@@ -267,7 +258,7 @@ def parts(args: argparse.Namespace, family: str | None) -> list[dict]:
                         continue
                     part["samples"] = min(args.dp_samples, args.samples)
                 if row == "classical":
-                    if family not in BASELINE_FAMILIES:
+                    if family not in CLASSICAL_METHODS[CLASSICAL[task]]:
                         continue
                     part["methods"] = [CLASSICAL[task]]
                     part["samples"] = min(args.classical_samples or args.samples, args.samples)

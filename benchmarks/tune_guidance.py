@@ -5,9 +5,10 @@ protocol field with ``--grid NAME=V1,V2,...``; the points are their product, ``-
 NAME=V`` fixes a field for all of them) the model is evaluated
 (:func:`pdediff.solve.evaluate.evaluate`, the same sensors for every point) on the first
 ``--samples`` samples of ``--data``, which must be validation samples, never the test set
-of the benchmark.  The weight with the lowest score of the inferred field (the Darcy error
-rate of ``a`` for the inverse task, the relative L2 error of ``u`` for the forward task; the
-relative L2 error elsewhere; coverage and spread-skill are recorded beside it) is written,
+of the benchmark.  The weight with the lowest score of the inferred field (the first
+solution field for the forward task, the first coefficient field for the inverse task,
+the first field for the joint task: its Darcy error rate where it has one, its relative L2
+error elsewhere; coverage and spread-skill are recorded beside it) is written,
 with the ``--set`` fields, to the model's ``guidance.json``
 (:data:`pdediff.solve.api.GUIDANCE_FILE`) under ``--preset`` (with ``--steps`` when given),
 and the sweep itself under ``"tuning"`` per task, so ``pdediff solve`` and ``pdediff demo``
@@ -32,23 +33,23 @@ from pathlib import Path
 import torch
 
 from pdediff.io.store import atomic_path
-from pdediff.solve.api import GUIDANCE_FILE, model_guidance
+from pdediff.solve.api import GUIDANCE_FILE, model_guidance, task_fields
 from pdediff.solve.evaluate import evaluate
+from pdediff.train import read_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import command_line, save  # noqa: E402
 
-#: The field each task infers; scored by its error rate where there is one.
-TARGET = {"forward": "u", "inverse": "a"}
 #: Recorded beside the score: a setting that fits tighter may be overconfident.
 CALIBRATION = ("coverage90", "spread_skill")
 
 
-def score(summary: dict, task: str) -> tuple[float, str]:
-    """The number to minimise and its name."""
-    entry = summary["diffusion"][TARGET[task]]
+def score(summary: dict, target: str) -> tuple[float, str]:
+    """The number to minimise and its name: the error rate of the inferred field
+    ``target`` where it has one, its relative L2 error elsewhere."""
+    entry = summary["diffusion"][target]
     key = "error_rate_mean" if "error_rate_mean" in entry else "rel_l2_mean"
-    return float(entry[key]["mean"]), f"{key} of {TARGET[task]}"
+    return float(entry[key]["mean"]), f"{key} of {target}"
 
 
 def _value(text: str) -> float | int:
@@ -120,8 +121,9 @@ def sweep(args: argparse.Namespace, task: str, saved: Callable[[str, list], None
             progress=False,
         )
         summary = ev.summary()
-        value, name = score(summary, task)
-        calib = {k: summary["diffusion"][TARGET[task]][k]["mean"] for k in CALIBRATION}
+        target = task_fields(read_checkpoint(args.model).fieldspec, task)[1][0]
+        value, name = score(summary, target)
+        calib = {k: summary["diffusion"][target][k]["mean"] for k in CALIBRATION}
         points.append(
             {"weight": settings["default_obs_weight"], "settings": settings, "score": value}
             | {"metric": name, "calibration": calib}

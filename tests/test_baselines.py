@@ -101,6 +101,22 @@ def test_forward_with_half_the_points_is_close(name, method):
     assert _rel(out["u"], s["u"]) < 0.08  # measured 3.4-5.1 %
 
 
+def test_forward_navier_stokes_interpolates_w0_and_runs_the_flow():
+    """Navier-Stokes: the coefficient is w0; every node observed gives the reference w(T),
+    half of them a close one (w0 is smooth), and u sensors are for the Dirichlet families."""
+    grid, s = _sample("navier_stokes", 16)
+    everywhere = np.ones(grid.shape, dtype=bool)
+    out = interpolate_then_solve("navier_stokes", grid, None, everywhere, s["w0"])
+    np.testing.assert_array_equal(out["w"], s["w"])
+    idx = _sensors(16, 128)
+    half = interpolate_then_solve("navier_stokes", grid, None, idx, s["w0"].ravel()[idx], "linear")
+    assert _rel(half["w"], s["w"]) < 0.15  # measured 8.1 %
+    with pytest.raises(PdediffError, match="no classical baseline"):
+        interpolate_then_solve(
+            "navier_stokes", grid, None, idx, s["w0"].ravel()[idx], u_idx=idx, u_values=idx
+        )
+
+
 def test_forward_snaps_darcy_to_its_levels():
     grid, s = _sample("darcy", 16)
     idx = _sensors(16, 60)

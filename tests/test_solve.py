@@ -195,13 +195,19 @@ def test_solve_cli_end_to_end_and_bad_input(checkpoint, darcy, tmp_path, capsys)
     write_fields(darcy.isel(sample=[0]), tmp_path / "truth.nc")
 
 
-@pytest.mark.parametrize("name", ["poisson", "darcy"])
-def test_solver_mode_returns_exact_solutions_and_fits_the_u_sensors(name):
-    ds = generate(name, 4, 9, seed=3, progress=False)
-    spec = FieldSpec.from_dataset(ds, ["a", "u"])
-    obs, _ = observations_from_truth(ds.isel(sample=[0]), ["u"], count=12, seed=0)
-    model = build_operator(obs, spec)
+@pytest.mark.parametrize(
+    ("name", "resolution"), [("poisson", 9), ("darcy", 9), ("navier_stokes", 8)]
+)
+def test_solver_mode_returns_exact_solutions_and_fits_the_u_sensors(name, resolution):
+    """The solution channel is the family's reference solution of the sampled coefficient
+    (Navier-Stokes: the flow map with residual_dt, ~1e-6 from the reference), and guidance
+    through the differentiable solver pulls it onto the solution's sensors."""
     fam = FAMILIES[name]
+    (coef,), (sol,) = fam.role_fields("coefficient"), fam.role_fields("solution")
+    ds = generate(name, 4, resolution, seed=3, progress=False)
+    spec = FieldSpec.from_dataset(ds, [coef, sol])
+    obs, _ = observations_from_truth(ds.isel(sample=[0]), [sol], count=12, seed=0)
+    model = build_operator(obs, spec)
     misfit = {}
     protocols = {
         "none": Protocol(steps=30, default_obs_weight=0.0, solver=True),
@@ -214,7 +220,7 @@ def test_solver_mode_returns_exact_solutions_and_fits_the_u_sensors(name):
         )
         phys = spec.denormalise(x.double())
         for a, u in zip(phys[:, 0].numpy(), phys[:, 1].numpy(), strict=True):
-            ref = fam.solve({"a": a}, spec.grid(), {})["u"]
+            ref = fam.solve({coef: a}, spec.grid(), {})[sol]
             np.testing.assert_allclose(u, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
             if name == "darcy":  # clipped to the prior's two levels' range
                 assert a.min() >= 3.0 - 1e-5 and a.max() <= 12.0 + 1e-5
@@ -222,6 +228,19 @@ def test_solver_mode_returns_exact_solutions_and_fits_the_u_sensors(name):
     # u is never sampled, yet guidance through the solver pulls it onto the sensors
     assert misfit["step"] < 0.7 * misfit["none"]
     assert misfit["consistency"] < 0.7 * misfit["none"]
+
+
+def test_burgers_has_no_solver_mode():
+    """Burgers' only field is the solution: no coefficient to sample, so solver=True is a
+    clear error and the default preset samples the field (solver=None)."""
+    from pdediff.solve.posterior import solver_families, solver_map, uses_solver
+
+    fam = FAMILIES["burgers"]
+    assert "burgers" not in solver_families() and "navier_stokes" in solver_families()
+    assert not uses_solver(Protocol(solver=None), fam)
+    spec = FieldSpec.from_dataset(generate("burgers", 2, 8, seed=0, progress=False), ["u"])
+    with pytest.raises(PdediffError, match="differentiable solver"):
+        solver_map(fam, spec, {})
 
 
 def test_model_guidance_file_and_presets(checkpoint, darcy, tmp_path):
@@ -303,6 +322,7 @@ def test_observations_of_a_need_no_solve_in_solver_mode(darcy, monkeypatch):
     """In solver mode an observation of the coefficient acts on the clipped estimate alone:
     the same loss and gradient as through the full solver map, without its solve."""
     from pdediff.core.schedules import karras_sigmas
+    from pdediff.pde import adjoint
     from pdediff.solve import posterior
 
     spec = FieldSpec.from_dataset(darcy, ["a", "u"])
@@ -313,13 +333,13 @@ def test_observations_of_a_need_no_solve_in_solver_mode(darcy, monkeypatch):
     clipped = posterior.solver_map(fam, spec, {}, solve=False)
     sigmas = karras_sigmas(8, dtype=torch.float64)
     full = posterior.guidance_terms(model, spec, proto, sigmas, None, solved)
-    fast = posterior.guidance_terms(model, spec, proto, sigmas, None, solved, clipped)
+    fast = posterior.guidance_terms(model, spec, proto, sigmas, None, solved, clipped, ("a",))
     x0 = torch.randn(
         3, 2, *spec.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
     )
     calls = []
-    real = posterior.solve_torch
-    monkeypatch.setattr(posterior, "solve_torch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = adjoint.solve_torch
+    monkeypatch.setattr(adjoint, "solve_torch", lambda *a, **k: calls.append(1) or real(*a, **k))
     for (t_full, _), (t_fast, _) in zip(full, fast, strict=True):
         grads = []
         for term in (t_full, t_fast):

@@ -43,6 +43,7 @@ from pdediff.pde.registry import get_family
 __all__ = [
     "DEFAULT_EPS",
     "DEFAULT_LAM",
+    "FORWARD_SUPPORTED",
     "SUPPORTED",
     "fill_field",
     "fit_objective",
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 SUPPORTED = ("darcy", "poisson", "helmholtz")
+#: Families of the forward baseline: a coefficient field and a reference solver.
+FORWARD_SUPPORTED = (*SUPPORTED, "navier_stokes")
 METHODS = ("nearest", "linear")
 REGULARISERS = ("tv", "tikhonov")
 
@@ -77,12 +80,12 @@ DEFAULT_EPS: dict[str, float] = {"darcy": 100.0, "poisson": 3.0, "helmholtz": 3.
 # --------------------------------------------------------------------------- input checks
 
 
-def _family(family: str | PDEFamily) -> PDEFamily:
+def _family(family: str | PDEFamily, supported: tuple[str, ...] = SUPPORTED) -> PDEFamily:
     """The family, if it has a classical baseline here; a clear error otherwise."""
     fam = family if isinstance(family, PDEFamily) else get_family(family)
-    if fam.name not in SUPPORTED:
+    if fam.name not in supported:
         raise PdediffError(
-            f"no classical baseline for PDE family {fam.name!r}; supported: {', '.join(SUPPORTED)}"
+            f"no classical baseline for PDE family {fam.name!r}; supported: {', '.join(supported)}"
         )
     return fam
 
@@ -235,12 +238,14 @@ def interpolate_then_solve(
     ----------
     family
         ``"darcy"``, ``"poisson"`` or ``"helmholtz"`` (or the family object); for Poisson
-        and Helmholtz ``a`` is the source.
+        and Helmholtz ``a`` is the source.  ``"navier_stokes"``: the coefficient is the
+        initial vorticity ``w0``, the solution ``w(T)`` (the distances of the interpolation
+        do not wrap around the periodic box).
     grid, params
         The family's grid and parameter overrides (``None``: the defaults).
     obs_idx, obs_values
-        Sensors of ``a``: flat indices ``(M,)`` or a boolean mask, and their values (see
-        :func:`observations`).
+        Sensors of the coefficient: flat indices ``(M,)`` or a boolean mask, and their
+        values (see :func:`observations`).
     method
         ``"nearest"`` or ``"linear"`` (see :func:`fill_field`).
     snap
@@ -249,17 +254,19 @@ def interpolate_then_solve(
     u_idx, u_values
         Optional sensors of ``u``.  With them the solve holds ``u`` at the observed
         interior nodes (their equations replaced by ``u_k = y_k``), so the result matches
-        the data and satisfies the PDE elsewhere; without them the family's reference
-        solver (``FAMILY.solve``) is used.
+        the data and satisfies the PDE elsewhere (Darcy, Poisson, Helmholtz); without them
+        the family's reference solver (``FAMILY.solve``) is used.
 
     Returns
     -------
     dict
-        ``{"a": filled coefficient, "u": solution}``, float64 arrays of ``grid.shape``.
+        The filled coefficient and the solution (``{"a", "u"}``; ``{"w0", "w"}`` for
+        Navier-Stokes), float64 arrays of ``grid.shape``.
     """
-    fam = _family(family)
+    fam = _family(family, FORWARD_SUPPORTED)
     p = fam.params(params)
-    idx, vals = observations(obs_idx, obs_values, grid.shape, "a")
+    (name,) = fam.role_fields("coefficient")
+    idx, vals = observations(obs_idx, obs_values, grid.shape, name)
     a = fill_field(grid, idx, vals, method)
     snap = fam.name == "darcy" if snap is None else snap
     if snap:
@@ -267,9 +274,10 @@ def interpolate_then_solve(
             raise PdediffError(f"snap=True needs two coefficient levels (darcy), not {fam.name!r}")
         a = snap_to_levels(a, p["a_low"], p["a_high"])
     if u_idx is None and u_values is None:
-        return fam.solve({"a": a}, grid, p)
+        return fam.solve({name: a}, grid, p)
     if u_idx is None or u_values is None:
         raise PdediffError("give both u_idx and u_values, or neither")
+    _family(fam)  # holding u at its sensors: the Dirichlet systems only
     ui, uv = observations(u_idx, u_values, grid.shape, "u")
     return {"a": a, "u": _solve_pinned(fam, a, grid, p, ui, uv)}
 

@@ -33,6 +33,21 @@ BOUNDARY = (
 )
 
 
+def solution_map(name: str):
+    """The differentiable solution map ``{"a": a} -> {"u": u(a)}`` of the Dirichlet family
+    ``name``: the reference sparse LU per member, gradients by the adjoint method
+    (:func:`pdediff.pde.adjoint.solve_torch`)."""
+
+    def mapped(fields, grid: Grid, params) -> dict[str, torch.Tensor]:
+        # imported here: the adjoint module imports the families
+        from pdediff.pde.adjoint import solve_torch
+        from pdediff.pde.registry import get_family
+
+        return {"u": solve_torch(get_family(name), fields["a"], grid, params)}
+
+    return mapped
+
+
 def box_grid(resolution: int, length: float) -> Grid:
     """Node grid of ``resolution^2`` points on ``[0, length]^2``, boundaries included."""
     return node_grid(resolution, DIMS, length)

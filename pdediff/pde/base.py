@@ -142,6 +142,12 @@ class PDEFamily:
         names to tensors ``(N, *grid.shape)``.  Differentiable and batched.
     min_resolution
         Smallest resolution the stencils and solver accept.
+    solution_map
+        ``(coefficients, grid, params) -> {solution fields}``: the reference solver as a
+        batched torch map, differentiable in the coefficient fields (``(N, *grid.shape)``
+        each), or ``None`` where the family has none (Burgers: its only field is the
+        solution).  The posterior's solver mode samples the coefficients and takes the
+        solution from it (:func:`pdediff.solve.posterior.solver_map`).
     """
 
     name: str
@@ -155,6 +161,13 @@ class PDEFamily:
     solve: Callable[[Mapping[str, Array], Grid, Params], dict[str, Array]]
     terms: Callable[[Mapping[str, torch.Tensor], Grid, Params], dict[str, torch.Tensor]]
     min_resolution: int = 8
+    solution_map: (
+        Callable[[Mapping[str, torch.Tensor], Grid, Params], dict[str, torch.Tensor]] | None
+    ) = None
+
+    def role_fields(self, role: str) -> tuple[str, ...]:
+        """The names of the fields with ``role`` (``"coefficient"``, ``"solution"``)."""
+        return tuple(name for name, info in self.fields.items() if info.role == role)
 
     def params(self, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
         """Defaults updated with ``overrides``; an unknown name is an error."""

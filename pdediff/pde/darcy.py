@@ -128,4 +128,5 @@ FAMILY = PDEFamily(
     solve=solve,
     terms=terms,
     min_resolution=MIN_RESOLUTION,
+    solution_map=_dirichlet.solution_map("darcy"),
 )

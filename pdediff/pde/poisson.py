@@ -107,4 +107,5 @@ FAMILY = PDEFamily(
     solve=solve,
     terms=terms,
     min_resolution=MIN_RESOLUTION,
+    solution_map=_dirichlet.solution_map("poisson"),
 )

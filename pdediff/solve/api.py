@@ -77,16 +77,26 @@ def resolve_protocol(
     return PRESETS[preset].with_overrides(**stored).with_overrides(**given)
 
 
-def select_task(obs: Observations, spec: FieldSpec, task: str) -> Observations:
-    """Keep the observations the task uses (by the fields' ``role`` attribute)."""
+def task_fields(spec: FieldSpec, task: str) -> tuple[list[str], list[str]]:
+    """``(observed, inferred)`` fields of ``task`` by the fields' ``role`` attribute
+    (forward: the coefficients are observed, inverse: the solutions; joint: every field is
+    both)."""
     if task not in TASKS:
         raise PdediffError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if task == "joint":
+        return list(spec.variables), list(spec.variables)
+    role = "coefficient" if task == "forward" else "solution"
+    roles = {v: spec.variable_attrs.get(v, {}).get("role", "solution") for v in spec.variables}
+    observed = [v for v in spec.variables if roles[v] == role]
+    return observed, [v for v in spec.variables if v not in observed]
+
+
+def select_task(obs: Observations, spec: FieldSpec, task: str) -> Observations:
+    """Keep the observations the task uses (:func:`task_fields`)."""
+    wanted = task_fields(spec, task)[0]
+    if task == "joint":
         return obs
     role = "coefficient" if task == "forward" else "solution"
-    wanted = [
-        v for v in spec.variables if spec.variable_attrs.get(v, {}).get("role", "solution") == role
-    ]
     keep = {f: o for f, o in obs.fields.items() if f in wanted}
     if not keep:
         raise PdediffError(

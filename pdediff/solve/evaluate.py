@@ -7,7 +7,7 @@ points per observed field, as in DiffusionPDE.  The task picks the observed fiel
 every method is run on the *same* observations:
 
 * ``diffusion``: :func:`pdediff.solve.solve`, an ensemble of ``members`` posterior samples;
-* ``interp-solve`` (forward, joint; Darcy, Poisson, Helmholtz):
+* ``interp-solve`` (forward, joint; Darcy, Poisson, Helmholtz, and forward Navier-Stokes):
   :func:`pdediff.baselines.interpolate_then_solve`, with the ``u`` sensors held in a joint
   task;
 * ``pde-fit`` (inverse; Darcy, Poisson, Helmholtz): :func:`pdediff.baselines.pde_constrained_fit`;
@@ -88,8 +88,11 @@ METHOD_TASKS = {
 }
 ENSEMBLE_METHODS = frozenset({"diffusion"})
 BASELINE_FAMILIES = ("darcy", "poisson", "helmholtz")
-#: The methods that need a family of :data:`BASELINE_FAMILIES` (a reference solver).
-CLASSICAL_METHODS = frozenset({"interp-solve", "pde-fit"})
+#: The classical methods and the families each needs (a reference solver).
+CLASSICAL_METHODS = {
+    "interp-solve": (*BASELINE_FAMILIES, "navier_stokes"),
+    "pde-fit": BASELINE_FAMILIES,
+}
 COVERAGE_LEVEL = 0.9
 #: The columns of a row, in the order of the CSV.
 COLUMNS = (
@@ -224,10 +227,10 @@ def check_methods(methods: Sequence[str], task: str, family: PDEFamily | None) -
                 f"{' and '.join(METHOD_TASKS[m])})"
             )
         name = family.name if family is not None else None
-        if m in CLASSICAL_METHODS and name not in BASELINE_FAMILIES:
+        if m in CLASSICAL_METHODS and name not in CLASSICAL_METHODS[m]:
             what = f"is {name!r}" if name else "names no known PDE family (attribute 'pde')"
             raise PdediffError(
-                f"method {m!r} needs a {', '.join(BASELINE_FAMILIES)} test set; this one {what}"
+                f"method {m!r} needs a {', '.join(CLASSICAL_METHODS[m])} test set; this one {what}"
             )
     return methods
 
@@ -290,14 +293,15 @@ def _run_diffusion(ctx: _Context, obs: Observations, solve_seed: int) -> tuple[d
 def _run_interp_solve(ctx: _Context, obs: Observations) -> dict:
     from pdediff.baselines import interpolate_then_solve
 
-    a = obs.fields["a"]
+    (name,), (sol,) = ctx.family.role_fields("coefficient"), ctx.family.role_fields("solution")
+    a = obs.fields[name]
     kwargs = dict(ctx.options.get("interp-solve", {}))
-    if "u" in obs.fields:  # joint task: hold u at its sensors
+    if sol in obs.fields:  # joint task: hold u at its sensors
         kwargs.update(
-            u_idx=grid_indices(obs.fields["u"], ctx.spec, "u"), u_values=obs.fields["u"].values
+            u_idx=grid_indices(obs.fields[sol], ctx.spec, sol), u_values=obs.fields[sol].values
         )
     return interpolate_then_solve(
-        ctx.family, ctx.grid, ctx.params, grid_indices(a, ctx.spec, "a"), a.values, **kwargs
+        ctx.family, ctx.grid, ctx.params, grid_indices(a, ctx.spec, name), a.values, **kwargs
     )
 
 

@@ -14,10 +14,11 @@ correction).  ``r`` is the family's finite-difference residual of the de-normali
 does not depend on the physical units.  Observation misfits are on the normalised fields.
 
 With ``Protocol.solver`` and a family that has a differentiable reference solver
-(:mod:`pdediff.pde.adjoint`: Darcy, Poisson, Helmholtz) the solution is not sampled but
-computed: every estimate ``x0_hat`` is mapped to ``(a, u(a))`` with ``u(a)`` the reference
-solution of its coefficient, so observations of ``u`` guide ``a`` through the solver (adjoint
-gradient), and the returned members are exact discrete solutions of their coefficients.
+(``PDEFamily.solution_map``: Darcy, Poisson, Helmholtz by the sparse LU and its adjoint,
+:mod:`pdediff.pde.adjoint`; Navier-Stokes by its pseudo-spectral flow map) the solution is
+not sampled but computed: every estimate ``x0_hat`` is mapped to ``(a, u(a))`` with ``u(a)``
+the reference solution of its coefficient, so observations of ``u`` guide ``a`` through the
+solver, and the returned members are discrete solutions of their coefficients.
 The PDE residual term is then zero and left out.
 
 With ``Protocol.consistency_steps = K > 0`` the step correction is replaced by data
@@ -63,7 +64,6 @@ from pdediff.core.types import Callback, Cond, Correction, Denoiser
 from pdediff.errors import PdediffError
 from pdediff.io.fieldspec import FieldSpec
 from pdediff.io.observations import ObservationModel
-from pdediff.pde.adjoint import SOLVER_FAMILIES, solve_torch
 from pdediff.pde.base import Params, PDEFamily
 
 
@@ -205,39 +205,50 @@ def pde_residual_fn(
     return residual
 
 
+def solver_families() -> tuple[str, ...]:
+    """The registered families with a differentiable solver (``PDEFamily.solution_map``)."""
+    from pdediff.pde.registry import FAMILIES
+
+    return tuple(name for name, fam in FAMILIES.items() if fam.solution_map is not None)
+
+
 def solver_map(
     family: PDEFamily, spec: FieldSpec, params: Params, solve: bool = True
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``x0 -> x0'`` (normalised, ``(N, C, *grid)``): the coefficient clipped to the prior's
-    range ``[a_low, a_high]`` where the family has one, the solution replaced by the
-    reference solution of that coefficient (differentiable, :func:`solve_torch`).
+    """``x0 -> x0'`` (normalised, ``(N, C, *grid)``): the coefficient fields clipped to the
+    prior's range ``[a_low, a_high]`` where the family has one, the solution fields replaced
+    by the family's differentiable reference solution of them (``PDEFamily.solution_map``).
 
     The clip passes gradients straight through (its value is clipped, its derivative is
     one), so an observation of ``a`` still pulls an estimate that left the range back in.
-    ``solve=False``: the clip alone (the solution channel as it is), all an observation of
-    the coefficient needs.
+    ``solve=False``: the clip alone (the solution channels as they are), all an observation
+    of a coefficient field needs.
     """
-    if family.name not in SOLVER_FAMILIES:
+    if family.solution_map is None:
         raise PdediffError(
             f"solver=True needs a family with a differentiable solver "
-            f"({', '.join(SOLVER_FAMILIES)}), the model's is {family.name!r}"
+            f"({', '.join(solver_families())}), the model's is {family.name!r}"
         )
     missing = [f for f in family.fields if f not in spec.variables]
     if missing:
         raise PdediffError(f"the model lacks field(s) {missing} of the {family.name} solver")
     grid, p = spec.grid(), family.params(params)
-    ia, iu = spec.variables.index("a"), spec.variables.index("u")
+    index = {name: spec.variables.index(name) for name in family.fields}
+    coefficients = family.role_fields("coefficient")
 
     def mapped(x0: torch.Tensor) -> torch.Tensor:
         phys = spec.denormalise(x0)
-        a = phys[:, ia]
-        if "a_low" in p:
-            # value exactly the clipped one (a + (clip - a) rounds for large |a|), slope 1
-            a = a.clamp(p["a_low"], p["a_high"]).detach() + (a - a.detach())
         channels = list(phys.unbind(1))
-        channels[ia] = a
+        inputs = {}
+        for name in coefficients:
+            c = channels[index[name]]
+            if "a_low" in p:
+                # value exactly the clipped one (c + (clip - c) rounds for large |c|), slope 1
+                c = c.clamp(p["a_low"], p["a_high"]).detach() + (c - c.detach())
+            channels[index[name]] = inputs[name] = c
         if solve:
-            channels[iu] = solve_torch(family, a, grid, p)
+            for name, value in family.solution_map(inputs, grid, p).items():
+                channels[index[name]] = value.to(phys.dtype)
         return spec.normalise(torch.stack(channels, 1))
 
     return mapped
@@ -251,12 +262,14 @@ def guidance_terms(
     residual: Callable[[torch.Tensor], torch.Tensor] | None,
     solved: Callable[[torch.Tensor], torch.Tensor] | None = None,
     clipped: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    coefficients: tuple[str, ...] = (),
 ) -> list:
     """The weighted terms of the step correction (one observation term per field).
 
     ``solved`` (:func:`solver_map`) makes every observation act on the solved estimate;
-    with ``clipped`` (``solver_map(..., solve=False)``) observations of the coefficient
-    ``a`` act on the clipped estimate instead, the same loss without a solve.
+    with ``clipped`` (``solver_map(..., solve=False)``) observations of the
+    ``coefficients`` fields act on the clipped estimate instead, the same loss without a
+    solve.
     """
     s_switch = (
         sigma_at_step_fraction(sigmas, protocol.switch_fraction)
@@ -275,7 +288,8 @@ def guidance_terms(
             continue
         y = model.y[slices[name]]
         if solved is not None:
-            op = _compose(op, clipped if clipped is not None and name == "a" else solved)
+            inner = clipped if clipped is not None and name in coefficients else solved
+            op = _compose(op, inner)
         term = ObservationTerm(op, y, norm="l2", name=f"obs_{name}")
         terms.append((term, schedule(zeta, protocol.obs_weight_after * zeta)))
     if residual is not None and protocol.pde_weight > 0:
@@ -294,7 +308,7 @@ def guidance_terms(
 def uses_solver(protocol: Protocol, family: PDEFamily | None) -> bool:
     """Whether ``protocol`` computes the solution with the family's solver."""
     if protocol.solver is None:
-        return family is not None and family.name in SOLVER_FAMILIES
+        return family is not None and family.solution_map is not None
     return bool(protocol.solver)
 
 
@@ -395,7 +409,8 @@ def sample_posterior(
     if solved is not None:
         residual = None  # u(a) solves the discrete PDE: the residual is zero
     clipped = solver_map(family, spec, params or {}, solve=False) if solved is not None else None
-    terms = guidance_terms(model, spec, protocol, sigmas, residual, solved, clipped)
+    coefficients = family.role_fields("coefficient") if family is not None else ()
+    terms = guidance_terms(model, spec, protocol, sigmas, residual, solved, clipped, coefficients)
     correction = _correction(denoiser, terms, protocol)
     generator = torch.Generator().manual_seed(seed)
     x = sigmas[0] * torch.randn(
