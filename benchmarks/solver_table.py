@@ -10,8 +10,8 @@ are :func:`pdediff.solve.evaluate.evaluate` calls on the same test samples:
 * ``joint``: the ``joint`` preset (both fields sampled, observation and PDE residual terms);
 * ``diffusionpde``: the released DiffusionPDE protocol (Heun 2,000 steps, step correction,
   switch at 80 %), on the first ``--dp-samples`` samples only;
-* ``classical``: ``interp-solve`` (forward; Darcy, Poisson, Helmholtz, Navier-Stokes) and
-  ``pde-fit`` (inverse; Darcy, Poisson, Helmholtz);
+* ``classical``: ``interp-solve`` (forward) and ``pde-fit`` (inverse), for Darcy, Poisson,
+  Helmholtz and Navier-Stokes;
 * ``fno``: the FNO baselines ``--fno-forward`` / ``--fno-inverse`` (one per task; the same
   model serves every sensor setting), when given.
 
@@ -52,7 +52,7 @@ import torch
 from pdediff.errors import PdediffError
 from pdediff.io.store import open_fields
 from pdediff.solve.api import PRESETS, resolve_protocol, task_fields
-from pdediff.solve.evaluate import CLASSICAL_METHODS, evaluate, table_paths
+from pdediff.solve.evaluate import BASELINE_FAMILIES, evaluate, table_paths
 from pdediff.solve.posterior import Protocol
 from pdediff.train import read_checkpoint
 
@@ -60,6 +60,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import command_line, save  # noqa: E402
 
 TASKS = ("forward", "inverse")
+#: ``--tasks`` may add ``joint`` (observe every field; Burgers, whose only field is the
+#: solution, has no other task).
+TASKS_ALL = (*TASKS, "joint")
 ROWS = ("pdediff", "joint", "diffusionpde", "classical", "fno")
 CLASSICAL = {"forward": "interp-solve", "inverse": "pde-fit"}
 #: Denoiser calls per step of each sampler, and calls saved on the last step to sigma = 0.
@@ -245,7 +248,7 @@ def parts(args: argparse.Namespace, family: str | None) -> list[dict]:
     """Every evaluation of the table: task, sensors, row, preset, methods, samples."""
     fno = {"forward": args.fno_forward, "inverse": args.fno_inverse}
     out = []
-    for task in TASKS:
+    for task in args.tasks:
         for text in args.sensors:
             label, draw = sensor_setting(text)
             for row in args.rows:
@@ -258,12 +261,12 @@ def parts(args: argparse.Namespace, family: str | None) -> list[dict]:
                         continue
                     part["samples"] = min(args.dp_samples, args.samples)
                 if row == "classical":
-                    if family not in CLASSICAL_METHODS[CLASSICAL[task]]:
+                    if family not in BASELINE_FAMILIES or task not in CLASSICAL:
                         continue
                     part["methods"] = [CLASSICAL[task]]
                     part["samples"] = min(args.classical_samples or args.samples, args.samples)
                 if row == "fno":
-                    if not fno[task]:
+                    if not fno.get(task):
                         continue
                     part["methods"] = ["fno"]
                 out.append(part)
@@ -313,46 +316,46 @@ def table_rows(done: Sequence[dict], spec) -> list[dict]:
     return list(rows.values())
 
 
+SHORT = {"forward": "fwd", "inverse": "inv", "joint": "joint"}
+
+
 def format_table(rows: Sequence[dict], spec) -> str:
-    """The markdown table: errors in % (± standard error), the rest as means."""
-    fwd, inv = task_fields(spec, "forward")[1][0], task_fields(spec, "inverse")[1][0]
-    header = [
-        "sensors",
-        "method (preset)",
-        f"fwd {fwd} rel L2 %",
-        f"inv {inv} error rate %",
-        f"inv {inv} rel L2 %",
-        "coverage90 fwd / inv",
-        "spread-skill fwd / inv",
-        "CRPS fwd / inv",
-        "s/sample fwd / inv",
-        "NFE",
-        "n fwd / inv",
-    ]
+    """The markdown table: errors in % (± standard error), the rest as means; per task the
+    inferred field's error rate (where it has one) and relative L2 error, and the
+    calibration columns as ``task1 / task2``."""
+    tasks = [t for t in TASKS_ALL if any(t in r for r in rows)]
+    error_columns = []
+    for task in tasks:
+        field = task_fields(spec, task)[1][0]
+        if any(r.get(task, {}).get("error_rate_mean") for r in rows):
+            error_columns.append((task, "error_rate_mean", f"{SHORT[task]} {field} error rate %"))
+        error_columns.append((task, "rel_l2_mean", f"{SHORT[task]} {field} rel L2 %"))
+    which = " / ".join(SHORT[t] for t in tasks)
+    header = ["sensors", "method (preset)", *(c[2] for c in error_columns)]
+    header += [f"{name} {which}" for name in ("coverage90", "spread-skill", "CRPS", "s/sample")]
+    header += ["NFE", f"n {which}"]
     lines = []
     for r in rows:
-        f, i = r.get("forward", {}), r.get("inverse", {})
-        name = " / ".join(dict.fromkeys(e["method"] for e in (f, i) if e))
+        entries = [r.get(t, {}) for t in tasks]
+        name = " / ".join(dict.fromkeys(e["method"] for e in entries if e))
         if name == "diffusion":
             name = f"diffusion ({r['row']})"
 
-        def pair(metric: str, digits: int = 3, f=f, i=i) -> str:
-            return f"{fmt(f.get(metric), digits=digits)} / {fmt(i.get(metric), digits=digits)}"
+        def joined(metric: str, digits: int = 3, entries=entries) -> str:
+            return " / ".join(fmt(e.get(metric), digits=digits) for e in entries)
 
-        nfes = sorted({str(e["nfe"]) for e in (f, i) if e and e["nfe"] is not None})
+        nfes = sorted({str(e["nfe"]) for e in entries if e and e["nfe"] is not None})
         lines.append(
             [
                 r["sensor_label"],
                 name,
-                fmt(f.get("rel_l2_mean"), 100, sem=True),
-                fmt(i.get("error_rate_mean"), 100, sem=True),
-                fmt(i.get("rel_l2_mean"), 100, sem=True),
-                pair("coverage90"),
-                pair("spread_skill"),
-                pair("crps"),
-                pair("seconds", 2),
+                *(fmt(r.get(t, {}).get(m), 100, sem=True) for t, m, _ in error_columns),
+                joined("coverage90"),
+                joined("spread_skill"),
+                joined("crps"),
+                joined("seconds", 2),
                 " / ".join(nfes) or "-",
-                f"{f.get('n', '-')} / {i.get('n', '-')}",
+                " / ".join(str(e.get("n", "-")) for e in entries),
             ]
         )
     return markdown(header, lines)
@@ -382,6 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--noise-std", type=float, default=0.0, help="observation noise (physical)")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        default=list(TASKS),
+        choices=TASKS_ALL,
+        help="tasks (joint: every field observed, e.g. Burgers)",
+    )
     p.add_argument(
         "--fno-forward",
         help="FNO baseline directory of the forward task; '{sensors}' in it is replaced by "

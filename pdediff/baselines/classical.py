@@ -1,4 +1,5 @@
-"""Classical baselines for the Dirichlet problems on a box (Darcy, Poisson, Helmholtz).
+"""Classical baselines: the Dirichlet problems on a box (Darcy, Poisson, Helmholtz) and
+Navier-Stokes.
 
 A learned solver has to beat what a numerical analyst would do with the same sparse data:
 
@@ -14,6 +15,10 @@ A learned solver has to beat what a numerical analyst would do with the same spa
   gradient comes from the adjoint method (one extra sparse solve per evaluation), the
   minimiser is L-BFGS-B (with the bounds ``a_low <= a <= a_high`` for Darcy).
 
+Navier-Stokes has both: its coefficient is the initial vorticity ``w0`` and its solution
+``w(T)``; the forward baseline interpolates ``w0`` and runs the reference solver, the inverse
+fit differentiates the pseudo-spectral flow map by autograd (``PDEFamily.solution_map``).
+
 The published figures of these baselines on the DiffusionPDE Darcy setting are in
 ``ANCHORS.md`` ("Classical baselines"); ``benchmarks/classical_baselines.py`` reproduces them.
 
@@ -24,13 +29,14 @@ equations); the fit adds the regulariser's gradient.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import scipy.optimize
 import scipy.sparse
 import scipy.sparse.linalg
+import torch
 from scipy.interpolate import griddata
 from scipy.spatial import QhullError, cKDTree
 
@@ -55,8 +61,10 @@ __all__ = [
 ]
 
 SUPPORTED = ("darcy", "poisson", "helmholtz")
-#: Families of the forward baseline: a coefficient field and a reference solver.
-FORWARD_SUPPORTED = (*SUPPORTED, "navier_stokes")
+#: Families of the forward baseline (a coefficient field and a reference solver) and of
+#: the inverse fit (a differentiable solver: the adjoint one of the Dirichlet systems, or
+#: autograd through ``PDEFamily.solution_map``).
+FORWARD_SUPPORTED = INVERSE_SUPPORTED = (*SUPPORTED, "navier_stokes")
 METHODS = ("nearest", "linear")
 REGULARISERS = ("tv", "tikhonov")
 
@@ -65,6 +73,8 @@ REGULARISERS = ("tv", "tikhonov")
 # of u, the family's default parameters.  lam weighs R against a misfit in units of u^2, so
 # it depends on the data: with 3 % sensors (31 at 32^2) the Darcy TV sweep chose 1e-10, and
 # Darcy Tikhonov took the smallest weight tried.
+# Navier-Stokes (w0 from sensors of w(T)): chosen by the same sweep at 32^2, 500 sensors.
+NS_LAM_TV, NS_LAM_TIK, NS_EPS = 1e-4, 1e-4, 1.0
 DEFAULT_LAM: dict[tuple[str, str], float] = {
     ("darcy", "tv"): 1e-11,
     ("darcy", "tikhonov"): 1e-13,
@@ -72,9 +82,16 @@ DEFAULT_LAM: dict[tuple[str, str], float] = {
     ("poisson", "tikhonov"): 1e-10,
     ("helmholtz", "tv"): 1e-10,
     ("helmholtz", "tikhonov"): 1e-10,
+    ("navier_stokes", "tv"): NS_LAM_TV,
+    ("navier_stokes", "tikhonov"): NS_LAM_TIK,
 }
 # TV smoothing, in units of |grad a| (a per unit length; a Darcy jump is ~9 / h).
-DEFAULT_EPS: dict[str, float] = {"darcy": 100.0, "poisson": 3.0, "helmholtz": 3.0}
+DEFAULT_EPS: dict[str, float] = {
+    "darcy": 100.0,
+    "poisson": 3.0,
+    "helmholtz": 3.0,
+    "navier_stokes": NS_EPS,
+}
 
 
 # --------------------------------------------------------------------------- input checks
@@ -333,16 +350,43 @@ def regulariser(a: Array, grid: Grid, reg: str, eps: float) -> tuple[float, Arra
     raise PdediffError(f"unknown regulariser {reg!r}; known: {REGULARISERS}")
 
 
-def _misfit(
-    fam: PDEFamily, a: Array, grid: Grid, p: Mapping[str, float], idx: Array, y: Array
-) -> tuple[float, Array, Array]:
-    """``1/(2M) ||P u(a) - y||^2``, its adjoint gradient in ``a``, and ``u(a)``."""
-    u, lu = state(fam, a, grid, p)
-    diff = u.ravel()[idx] - y
-    r = np.zeros(u.size)
-    r[idx] = diff / idx.size
-    g = adjoint_gradient(fam, u, lu, r.reshape(u.shape), grid.spacing("y"), grid.spacing("x"))
-    return 0.5 * float(diff @ diff) / idx.size, g, u
+Misfit = Callable[[Array], tuple[float, Array, Array]]
+
+
+def _dirichlet_misfit(fam: PDEFamily, grid: Grid, p: Mapping[str, float], idx: Array, y: Array):
+    def misfit(a: Array) -> tuple[float, Array, Array]:
+        u, lu = state(fam, a, grid, p)
+        diff = u.ravel()[idx] - y
+        r = np.zeros(u.size)
+        r[idx] = diff / idx.size
+        g = adjoint_gradient(fam, u, lu, r.reshape(u.shape), grid.spacing("y"), grid.spacing("x"))
+        return 0.5 * float(diff @ diff) / idx.size, g, u
+
+    return misfit
+
+
+def _autograd_misfit(fam: PDEFamily, grid: Grid, p: Mapping[str, float], idx: Array, y: Array):
+    (coef,), (sol,) = fam.role_fields("coefficient"), fam.role_fields("solution")
+    index, target = torch.from_numpy(idx), torch.from_numpy(y)
+
+    def misfit(a: Array) -> tuple[float, Array, Array]:
+        at = torch.from_numpy(np.array(a, dtype=np.float64))[None].requires_grad_(True)
+        u = fam.solution_map({coef: at}, grid, p)[sol][0]
+        diff = u.reshape(-1)[index] - target
+        value = 0.5 * diff.dot(diff) / idx.size
+        (g,) = torch.autograd.grad(value, at)
+        return float(value.detach()), g[0].numpy(), u.detach().numpy()
+
+    return misfit
+
+
+def _misfit(fam: PDEFamily, grid: Grid, p: Mapping[str, float], idx: Array, y: Array) -> Misfit:
+    """``a -> (1/(2M) ||P u(a) - y||^2, its gradient in a, u(a))``: the adjoint gradient of
+    the sparse LU for the Dirichlet families, autograd through the family's
+    ``solution_map`` otherwise (Navier-Stokes: the flow map)."""
+    if fam.name in SUPPORTED:
+        return _dirichlet_misfit(fam, grid, p, idx, y)
+    return _autograd_misfit(fam, grid, p, idx, y)
 
 
 def fit_objective(
@@ -367,14 +411,14 @@ def fit_objective(
     value, gradient
         ``J(a)`` and ``dJ/da``, an array of ``grid.shape``.
     """
-    fam = _family(family)
+    fam = _family(family, INVERSE_SUPPORTED)
     p = fam.params(params)
     idx, y = observations(obs_idx, obs_u, grid.shape, "u")
     lam, eps = _reg_settings(fam, reg, lam, eps)
     a = np.asarray(a, dtype=np.float64)
     if a.shape != grid.shape or not np.all(np.isfinite(a)):
         raise PdediffError(f"a must be a finite array of shape {grid.shape}, got {a.shape}")
-    misfit, g_misfit, _ = _misfit(fam, a, grid, p, idx, y)
+    misfit, g_misfit, _ = _misfit(fam, grid, p, idx, y)(a)
     r_value, g_reg = regulariser(a, grid, reg, eps)
     return misfit + lam * r_value, g_misfit + lam * g_reg
 
@@ -436,7 +480,8 @@ def pde_constrained_fit(
     """Inverse baseline: the coefficient that best explains sparse observations of ``u``.
 
     Minimises ``J(a) = 1/(2M) ||P u(a) - y||^2 + lam R(a)`` (:func:`fit_objective`) with
-    L-BFGS-B, the gradient by the adjoint method (one extra sparse solve per evaluation).
+    L-BFGS-B, the gradient by the adjoint method (one extra sparse solve per evaluation;
+    Navier-Stokes: autograd through the flow map).
     The objective is divided by its data term at ``u = 0``, ``mean(y^2) / 2``, before it
     goes to the optimiser: the minimiser is the same, and L-BFGS-B's relative stopping
     test then sees values of order one (``u`` is ~1e-2 for Darcy).
@@ -445,11 +490,13 @@ def pde_constrained_fit(
     ----------
     family
         ``"darcy"`` (``a`` is the permeability), ``"poisson"`` or ``"helmholtz"`` (``a`` is
-        the source; there ``u`` is linear in ``a`` and ``J`` is convex).
+        the source; there ``u`` is linear in ``a`` and ``J`` is convex), or
+        ``"navier_stokes"`` (``a`` is ``w0``, ``u`` is ``w(T)``).
     grid, params
         The family's grid and parameter overrides.
     obs_idx, obs_u
-        Sensors of ``u`` (flat indices or a mask, see :func:`observations`) and values.
+        Sensors of the solution (flat indices or a mask, see :func:`observations`) and
+        values.
     reg
         ``"tv"`` (smoothed total variation) or ``"tikhonov"`` (see :func:`regulariser`).
     lam, eps
@@ -458,7 +505,8 @@ def pde_constrained_fit(
     max_iter
         L-BFGS-B iterations at most.
     a0
-        Initial guess; default the best constant coefficient (closed form).
+        Initial guess; default the best constant coefficient (closed form; zero, the prior
+        mean, for Navier-Stokes).
     bounds
         ``(low, high)`` box for ``a``; ``"auto"``: ``(a_low, a_high)`` for Darcy (which
         also keeps the permeability positive), none for Poisson / Helmholtz.
@@ -466,26 +514,29 @@ def pde_constrained_fit(
     Returns
     -------
     dict
-        ``a`` (the fit), ``u`` (``u(a)``), for Darcy ``a_thresholded`` (``a`` snapped at
+        ``a`` (the fit), ``u`` (``u(a)``) under the family's field names (``w0``, ``w``),
+        for Darcy ``a_thresholded`` (``a`` snapped at
         ``(a_low + a_high) / 2``, the field scored by error rate), and ``info``: ``lam``,
         ``eps``, ``reg``, ``objective`` (and ``objective_initial``, at ``a0``), ``misfit``,
         ``regulariser``, ``n_iter``, ``n_eval``, ``converged``, ``message``, ``seconds``.
     """
     t0 = time.perf_counter()
-    fam = _family(family)
+    fam = _family(family, INVERSE_SUPPORTED)
     p = fam.params(params)
     idx, y = observations(obs_idx, obs_u, grid.shape, "u")
-    _check_interior_sensors(idx, grid.shape)
+    if fam.name in SUPPORTED:
+        _check_interior_sensors(idx, grid.shape)
     lam, eps = _reg_settings(fam, reg, lam, eps)
     if int(max_iter) != max_iter or max_iter < 1:
         raise PdediffError(f"max_iter must be a positive integer, got {max_iter}")
     bounds = _default_bounds(fam, p) if bounds == "auto" else bounds
     a0 = _initial_guess(fam, grid, p, idx, y, bounds, a0)
     scale = 0.5 * float(np.mean(y**2)) or 1.0  # y = 0 everywhere: no rescaling
+    data_misfit = _misfit(fam, grid, p, idx, y)
 
     def fun(x: Array) -> tuple[float, Array]:
         a = x.reshape(grid.shape)
-        misfit, g_misfit, _ = _misfit(fam, a, grid, p, idx, y)
+        misfit, g_misfit, _ = data_misfit(a)
         r_value, g_reg = regulariser(a, grid, reg, eps)
         return (misfit + lam * r_value) / scale, (g_misfit + lam * g_reg).ravel() / scale
 
@@ -500,9 +551,10 @@ def pde_constrained_fit(
         options={"maxiter": int(max_iter), "maxfun": 2 * int(max_iter), "gtol": 0.0},
     )
     a = res.x.reshape(grid.shape)
-    misfit, _, u = _misfit(fam, a, grid, p, idx, y)
+    misfit, _, u = data_misfit(a)
     r_value = regulariser(a, grid, reg, eps)[0]
-    out: dict[str, Any] = {"a": a, "u": u}
+    (coef,), (sol,) = fam.role_fields("coefficient"), fam.role_fields("solution")
+    out: dict[str, Any] = {coef: a, sol: u}
     if fam.name == "darcy":
         out["a_thresholded"] = snap_to_levels(a, p["a_low"], p["a_high"])
     out["info"] = {
@@ -541,6 +593,8 @@ def _initial_guess(
     bounds: tuple[float, float] | None,
     a0: Array | None,
 ) -> Array:
+    if a0 is None and fam.name not in SUPPORTED:
+        return np.zeros(grid.shape)  # the prior mean of the Navier-Stokes w0
     if a0 is None:
         return _best_constant(fam, grid, p, idx, y, bounds)
     a0 = np.asarray(a0, dtype=np.float64)

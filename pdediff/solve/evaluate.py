@@ -7,10 +7,11 @@ points per observed field, as in DiffusionPDE.  The task picks the observed fiel
 every method is run on the *same* observations:
 
 * ``diffusion``: :func:`pdediff.solve.solve`, an ensemble of ``members`` posterior samples;
-* ``interp-solve`` (forward, joint; Darcy, Poisson, Helmholtz, and forward Navier-Stokes):
+* ``interp-solve`` (forward, joint; Darcy, Poisson, Helmholtz; forward Navier-Stokes):
   :func:`pdediff.baselines.interpolate_then_solve`, with the ``u`` sensors held in a joint
   task;
-* ``pde-fit`` (inverse; Darcy, Poisson, Helmholtz): :func:`pdediff.baselines.pde_constrained_fit`;
+* ``pde-fit`` (inverse; Darcy, Poisson, Helmholtz, Navier-Stokes):
+  :func:`pdediff.baselines.pde_constrained_fit`;
 * ``fno`` (forward, inverse; any family): a trained :class:`pdediff.baselines.FNOBaseline`
   (``baseline_options={"fno": {"model": DIR}}``, one FNO per task) reads the sensors of its
   source field and predicts its target field.
@@ -87,12 +88,9 @@ METHOD_TASKS = {
     "fno": ("forward", "inverse"),
 }
 ENSEMBLE_METHODS = frozenset({"diffusion"})
-BASELINE_FAMILIES = ("darcy", "poisson", "helmholtz")
-#: The classical methods and the families each needs (a reference solver).
-CLASSICAL_METHODS = {
-    "interp-solve": (*BASELINE_FAMILIES, "navier_stokes"),
-    "pde-fit": BASELINE_FAMILIES,
-}
+BASELINE_FAMILIES = ("darcy", "poisson", "helmholtz", "navier_stokes")
+#: The methods that need a family of :data:`BASELINE_FAMILIES` (a reference solver).
+CLASSICAL_METHODS = frozenset({"interp-solve", "pde-fit"})
 COVERAGE_LEVEL = 0.9
 #: The columns of a row, in the order of the CSV.
 COLUMNS = (
@@ -227,10 +225,10 @@ def check_methods(methods: Sequence[str], task: str, family: PDEFamily | None) -
                 f"{' and '.join(METHOD_TASKS[m])})"
             )
         name = family.name if family is not None else None
-        if m in CLASSICAL_METHODS and name not in CLASSICAL_METHODS[m]:
+        if m in CLASSICAL_METHODS and name not in BASELINE_FAMILIES:
             what = f"is {name!r}" if name else "names no known PDE family (attribute 'pde')"
             raise PdediffError(
-                f"method {m!r} needs a {', '.join(CLASSICAL_METHODS[m])} test set; this one {what}"
+                f"method {m!r} needs a {', '.join(BASELINE_FAMILIES)} test set; this one {what}"
             )
     return methods
 
@@ -308,16 +306,17 @@ def _run_interp_solve(ctx: _Context, obs: Observations) -> dict:
 def _run_pde_fit(ctx: _Context, obs: Observations) -> dict:
     from pdediff.baselines import pde_constrained_fit
 
-    u = obs.fields["u"]
+    coef, sol = ctx.family.role_fields("coefficient")[0], ctx.family.role_fields("solution")[0]
+    u = obs.fields[sol]
     out = pde_constrained_fit(
         ctx.family,
         ctx.grid,
         ctx.params,
-        grid_indices(u, ctx.spec, "u"),
+        grid_indices(u, ctx.spec, sol),
         u.values,
         **ctx.options.get("pde-fit", {}),
     )
-    return {"a": out["a"], "u": out["u"]}
+    return {coef: out[coef], sol: out[sol]}
 
 
 def _load_fno(options: Mapping[str, Any], spec: FieldSpec, task: str) -> Any:
