@@ -881,7 +881,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job for a newcomer (see README)")
     d.add_argument("--out", default="pdediff-demo", help="folder for the demo's outputs")
-    d.add_argument("--model", help="a Darcy model directory (default: the shipped darcy64)")
+    d.add_argument(
+        "--model",
+        help="a shipped model (darcy64, poisson32, ...) or a model directory (default: darcy64)",
+    )
     d.add_argument("--seed", type=int, default=0, help="seed of truth, sensors and sampling")
     d.add_argument("--points", type=int, default=500, help="sensors per field")
     d.add_argument("--members", type=int, default=8, help="ensemble size")

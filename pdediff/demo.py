@@ -1,15 +1,18 @@
 """``pdediff demo``: the first thing a newcomer runs.
 
-On the Darcy model shipped with pdediff (:func:`pdediff.models.shipped_model`), the demo
+On the Darcy model shipped with pdediff (:func:`pdediff.models.shipped_model`), or any other
+shipped model or model directory (``--model poisson32``), the demo
 
-1. draws a fresh truth ``(a, u)`` of ``-div(a grad u) = 1`` with the reference solver (``a``
-   a thresholded Gaussian random field, as the FNO / DiffusionPDE data);
-2. places ``points`` random sensors on ``a`` and on ``u``;
-3. solves the inverse problem (``u`` sensors -> ``a``) and the forward problem (``a``
-   sensors -> ``u``) with :func:`pdediff.solve.solve`: an ensemble of posterior samples;
-4. runs the classical baselines on the same sensors (interpolate ``a`` then solve; a
-   TV-regularised PDE-constrained fit of ``a``) and prints the errors and calibration side
-   by side;
+1. draws a fresh truth (Darcy: ``(a, u)`` of ``-div(a grad u) = 1``, ``a`` a thresholded
+   Gaussian random field, as the FNO / DiffusionPDE data) with the reference solver;
+2. places ``points`` random sensors on every field;
+3. solves the inverse problem (solution sensors -> coefficient) and the forward problem
+   (coefficient sensors -> solution) with :func:`pdediff.solve.solve`: an ensemble of
+   posterior samples (a family with no coefficient field, Burgers, gets the joint task:
+   the whole field from its sensors);
+4. runs the classical baselines on the same sensors where the family has them (interpolate
+   the coefficient then solve; a regularised PDE-constrained fit of the coefficient) and
+   prints the errors and calibration side by side;
 5. writes each posterior (with the truth) to NetCDF and a figure of truth, mean, std,
    error and sensors.
 """
@@ -22,17 +25,30 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from pdediff.errors import PdediffError
 from pdediff.generate import generate
 from pdediff.io.conventions import attrs_params
 from pdediff.io.fieldspec import FieldSpec
 from pdediff.io.observations import Observations, observations_from_truth
 from pdediff.io.store import atomic_path, write_fields
+from pdediff.pde.registry import FAMILIES
 from pdediff.plot import plot_posterior
-from pdediff.solve.api import select_task, solve
-from pdediff.solve.evaluate import grid_indices, score_field
+from pdediff.solve.api import select_task, solve, task_fields
+from pdediff.solve.evaluate import BASELINE_FAMILIES, grid_indices, score_field
 
-#: The observed field, the field scored, and the classical baseline of each task.
-TASKS = {"inverse": ("u", "a", "pde-fit"), "forward": ("a", "u", "interp-solve")}
+#: The classical baseline of each task.
+BASELINES = {"inverse": "pde-fit", "forward": "interp-solve"}
+
+
+def demo_tasks(spec: FieldSpec) -> dict[str, tuple[list[str], str]]:
+    """``task -> (observed fields, field scored)``: inverse and forward where the model has
+    coefficient and solution fields, else the joint task."""
+    tasks = {}
+    for task in ("inverse", "forward"):
+        observed, inferred = task_fields(spec, task)
+        if observed and inferred:
+            tasks[task] = (observed, inferred[0])
+    return tasks or {"joint": (list(spec.variables), spec.variables[0])}
 
 
 def _truth(spec: FieldSpec, seed: int) -> xr.Dataset:
@@ -43,15 +59,20 @@ def _truth(spec: FieldSpec, seed: int) -> xr.Dataset:
     return ds
 
 
-def _baseline(task: str, obs: Observations, spec: FieldSpec, params: dict) -> dict:
+def _baseline(
+    task: str, observed: str, obs: Observations, spec: FieldSpec, params: dict
+) -> dict | None:
+    """The classical baseline's fields, or ``None`` where the family has none."""
     from pdediff.baselines import interpolate_then_solve, pde_constrained_fit
 
-    observed = TASKS[task][0]
+    family = str(spec.attrs.get("pde"))
+    if task not in BASELINES or family not in BASELINE_FAMILIES:
+        return None
     sensors = obs.fields[observed]
     idx, values = grid_indices(sensors, spec, observed), sensors.values
     if task == "forward":
-        return interpolate_then_solve("darcy", spec.grid(), params, idx, values)
-    return pde_constrained_fit("darcy", spec.grid(), params, idx, values)
+        return interpolate_then_solve(family, spec.grid(), params, idx, values)
+    return pde_constrained_fit(family, spec.grid(), params, idx, values)
 
 
 def _row(name: str, ens: np.ndarray, truth: np.ndarray, levels, seconds: float) -> str:
@@ -73,14 +94,16 @@ def run_demo(
     members: int = 8,
     steps: int | None = None,
 ) -> dict[str, Path]:
-    """Inverse and forward Darcy problems from ``points`` sensors on a fresh truth.
+    """Inverse and forward problems from ``points`` sensors on a fresh truth.
 
     Parameters
     ----------
     out
-        Folder for ``inverse.nc``, ``forward.nc`` and their figures (created; replaced).
+        Folder for ``inverse.nc``, ``forward.nc`` (``joint.nc``) and their figures (created;
+        replaced).
     model
-        A model directory (default: the shipped ``darcy64``).
+        A shipped model's name (:data:`pdediff.models.SHIPPED`) or a model directory
+        (default: the shipped ``darcy64``).
     seed
         Seeds the truth, the sensors and the sampling.
     points, members, steps
@@ -91,22 +114,27 @@ def run_demo(
     dict
         The paths written.
     """
-    from pdediff.models import shipped_model
+    from pdediff.models import SHIPPED, shipped_model
     from pdediff.train import read_checkpoint
 
-    model = Path(model) if model is not None else shipped_model("darcy64")
+    if model is None or str(model) in SHIPPED:
+        model = shipped_model(str(model or "darcy64"))
+    model = Path(model)
     spec = read_checkpoint(model).fieldspec
-    if spec.attrs.get("pde") != "darcy":
-        raise ValueError(f"the demo needs a Darcy model; {model} is {spec.attrs.get('pde')!r}")
+    if spec.attrs.get("pde") not in FAMILIES:
+        raise PdediffError(
+            f"the demo draws its truth with the model's reference solver; {model} names no "
+            f"known PDE family (attribute 'pde' = {spec.attrs.get('pde')!r})"
+        )
     out.mkdir(parents=True, exist_ok=True)
     truth = _truth(spec, seed)
     params = attrs_params(truth.attrs)
-    levels = (params["a_low"], params["a_high"])
-    obs, _ = observations_from_truth(truth, ["a", "u"], count=points, seed=seed)
+    levels = (params["a_low"], params["a_high"]) if "a_low" in params else None
+    obs, _ = observations_from_truth(truth, list(spec.variables), count=points, seed=seed)
     print(f"model {model}: {spec.attrs.get('pde')} at {'x'.join(map(str, spec.shape))}")
     print(f"truth drawn with the reference solver (seed {seed}); {points} sensors per field")
     paths: dict[str, Path] = {}
-    for task, (observed, target, baseline) in TASKS.items():
+    for task, (observed, target) in demo_tasks(spec).items():
         post = solve(
             model,
             select_task(obs, spec, task),
@@ -116,19 +144,20 @@ def run_demo(
             seed=seed,
         )
         t0 = time.perf_counter()
-        base = _baseline(task, obs, spec, params)
+        base = _baseline(task, observed[0], obs, spec, params)
         base_s = time.perf_counter() - t0
         lv = levels if target == "a" else None
         t = truth[target].isel(sample=0).values
         ens = post[target].transpose("member", *spec.dims).values
-        print(f"\n{task}: observe {observed} at {points} points -> {target}")
+        print(f"\n{task}: observe {', '.join(observed)} at {points} points -> {target}")
         print(
             f"  {'method':<26} {'relL2%':>7} {'err%':>6} {'cov90':>5} {'s/s':>5} "
             f"{'CRPS':>8} {'seconds':>7}"
         )
         print(_row(f"pdediff ({members} members)", ens, t, lv, post.attrs["run_time_s"]))
-        print(_row(f"classical ({baseline})", base[target][None], t, lv, base_s))
-        for f in ("a", "u"):
+        if base is not None:
+            print(_row(f"classical ({BASELINES[task]})", base[target][None], t, lv, base_s))
+        for f in spec.variables:
             post[f"{f}_true"] = truth[f].isel(sample=0, drop=True)
         paths[task] = write_fields(post, out / f"{task}.nc", overwrite=True)
         fig = out / f"{task}.png"
@@ -136,9 +165,9 @@ def run_demo(
             plot_posterior(post, tmp, truth=truth.isel(sample=0))
         paths[f"{task}_figure"] = fig
     print(
-        "\nerr% = pixels of a on the wrong side of (a_low + a_high)/2; cov90 = fraction of "
-        "truth inside the ensemble's central 90 % interval; s/s = spread-skill ratio "
-        "(1 is calibrated)"
+        ("\nerr% = pixels of a on the wrong side of (a_low + a_high)/2; " if levels else "\n")
+        + "cov90 = fraction of truth inside the ensemble's central 90 % interval; s/s = "
+        "spread-skill ratio (1 is calibrated)"
     )
     print(f"posteriors and figures -> {out}/")
     return paths

@@ -278,6 +278,37 @@ def test_demo_runs_on_a_model_and_writes_posteriors_and_figures(checkpoint, tmp_
         assert (out / f"{task}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize(
+    ("family", "tasks", "baselines"),
+    [("navier_stokes", ("inverse", "forward"), True), ("burgers", ("joint",), False)],
+)
+def test_demo_on_other_families(family, tasks, baselines, tmp_path, capsys):
+    """The demo takes any family's model: Navier-Stokes gets the inverse (w -> w0) and
+    forward tasks with their classical baselines, Burgers (one field) the joint task."""
+    from pdediff.train import TrainConfig, train
+
+    cfg = TrainConfig.from_dict(
+        {
+            "model": {"backbone_kwargs": {"model_channels": 8, "channel_mult": [1, 2]}},
+            "batch_size": 4,
+            "steps": 2,
+            "checkpoint_every": 2,
+        }
+    )
+    model = tmp_path / "model"
+    train(generate(family, 4, 8, seed=0, progress=False), model, cfg, progress=False)
+    out = tmp_path / "demo"
+    argv = ["demo", "--model", str(model), "--out", str(out), "--points", "8"]
+    assert main([*argv, "--members", "2", "--steps", "2"]) == 0
+    text = capsys.readouterr().out
+    assert ("classical (pde-fit)" in text) is baselines
+    assert "err% = pixels" not in text  # no two-level coefficient
+    assert sorted(p.name for p in out.glob("*.nc")) == sorted(f"{t}.nc" for t in tasks)
+    fields = set(FAMILIES[family].fields)
+    post = xr.open_dataset(out / f"{tasks[0]}.nc")
+    assert {f"{f}_true" for f in fields} <= set(post)
+
+
 def test_sampler_options_reach_the_sampler_and_are_checked(darcy):
     spec = unit_spec(darcy.isel(sample=[0]))
     obs, _ = observations_from_truth(darcy.isel(sample=[0]), ["a"], count=4, seed=0)
