@@ -255,7 +255,7 @@ def navier_stokes(args: argparse.Namespace) -> None:
     inv = {"n_val": args.n_val, "seed": args.seed, "max_iter": args.max_iter}
     rows = []
     for m, reg in itertools.product((500, 31), ("tikhonov", "tv")):
-        lams = [1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3]
+        lams = [1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3]
         rows.append(inverse_case("navier_stokes", 32, m, reg, lams, [1.0, 10.0], n_test=8, **inv))
         print(line(rows[-1]), flush=True)
     note = (
