@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The whole recipe of one 32x32 model: data, training, guidance tuning, solver table, export.
+#
+#   bash benchmarks/models/family32.sh FAMILY RUNS [STAGE...]
+#
+# FAMILY: poisson, helmholtz, burgers or navier_stokes; RUNS: a work folder (data and
+# checkpoints, not in git).  STAGE: any of data train tune table export (default: all, in
+# that order); each stage is one or a few commands, written here so that the model card
+# and the results under benchmarks/results/ name what was run.  Run from the repository
+# root with pdediff installed.  Costs on the 2-core CPU are in benchmarks/models/README.md.
+set -euo pipefail
+
+F=${1:?family}
+RUNS=${2:?work folder}
+shift 2
+STAGES=${*:-data train tune table export}
+NAME=${F}32
+CKPT=$RUNS/${NAME}_ckpt
+TRAIN_N=5000
+case $F in
+  burgers) TRAIN_N=4000 ;;
+  navier_stokes) TRAIN_N=3000 ;;  # 0.35 s a sample on one core
+esac
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+# Tasks and the guidance grid per family (validation samples only).  The Dirichlet families
+# and Navier-Stokes sample their coefficient and take the solution from the differentiable
+# solver (the pdediff preset); Burgers' only field is the solution: the joint task.
+case $F in
+  poisson|helmholtz)
+    TASKS="inverse forward"
+    TUNE_INVERSE="--weights 300 1000 3000 --grid consistency_steps=0,20 --set consistency_lr=0.05"
+    TUNE_FORWARD="--weights 100 300 1000 --grid consistency_steps=0,10 --set consistency_lr=0.02"
+    TABLE="--dp-samples 2" ;;
+  navier_stokes)
+    TASKS="inverse forward"
+    TUNE_INVERSE="--weights 100 300 1000 3000"
+    TUNE_FORWARD="--weights 100 300 1000"
+    TABLE="--dp-samples 1 --baseline-options-json {\"pde-fit\":{\"reg\":\"tikhonov\"}}" ;;
+  burgers)
+    TASKS="joint"
+    TUNE_JOINT="--weights 100 300 1000 3000"
+    TABLE="--tasks joint --rows pdediff joint diffusionpde --dp-samples 2" ;;
+  *) echo "unknown family $F" >&2; exit 2 ;;
+esac
+
+for stage in $STAGES; do
+  case $stage in
+    data)
+      pdediff generate "$F" --n $TRAIN_N --resolution 32 --seed 1000 --quiet -o "$RUNS/${NAME}_train.nc"
+      pdediff generate "$F" --n 100 --resolution 32 --seed 7 --quiet -o "$RUNS/${NAME}_test.nc"
+      pdediff generate "$F" --n 8 --resolution 32 --seed 8 --quiet -o "$RUNS/${NAME}_val.nc" ;;
+    train)
+      pdediff train --config "benchmarks/models/${NAME}.toml" --data "$RUNS/${NAME}_train.nc" \
+        --out "$CKPT" --quiet ;;
+    tune)
+      for task in $TASKS; do
+        grid_var="TUNE_${task^^}"
+        # shellcheck disable=SC2086
+        python benchmarks/tune_guidance.py --model "$CKPT" --data "$RUNS/${NAME}_val.nc" \
+          --tasks "$task" --samples 3 --members 8 --threads 1 ${!grid_var} \
+          --out "benchmarks/results/tune_guidance_${NAME}_${task}.json"
+      done ;;
+    table)
+      # shellcheck disable=SC2086
+      python benchmarks/solver_table.py --model "$CKPT" --data "$RUNS/${NAME}_test.nc" \
+        --family "$F" --samples 20 --members 8 --threads 1 --resume $TABLE \
+        --out "benchmarks/results/solver_table_${NAME}.json" ;;
+    export)
+      metrics=()
+      for t in benchmarks/results/solver_table_${NAME}/*_p500_pdediff.json; do
+        metrics+=(--metrics "$t")
+      done
+      pdediff export "$CKPT" "pdediff/models/$NAME" --name "$NAME" --overwrite \
+        --data-recipe "pdediff generate $F --n $TRAIN_N --resolution 32 --seed 1000 -o ${NAME}_train.nc" \
+        "${metrics[@]}" ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done
