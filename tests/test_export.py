@@ -287,18 +287,29 @@ def test_export_carries_tuned_guidance_and_several_evaluations(checkpoint, tmp_p
     assert 'task inverse: {"default_obs_weight": 300.0}' in text and "300: 5.00 %" in text
 
 
-def test_the_shipped_darcy_model_loads_with_its_card_and_guidance():
+@pytest.mark.parametrize("name", sorted(models.SHIPPED))
+def test_every_shipped_model_loads_with_its_card_and_guidance(name):
+    """Each shipped model: its family's fields on its grid, a card that matches its state,
+    and tuned guidance for every task the demo runs."""
+    from pdediff.demo import demo_tasks
     from pdediff.models import shipped_model
+    from pdediff.pde.registry import FAMILIES
     from pdediff.solve.api import resolve_protocol
     from pdediff.train import load_checkpoint
 
-    path = shipped_model("darcy64")
+    path = shipped_model(name)
     denoiser, spec, _ = load_checkpoint(path)
-    assert spec.attrs["pde"] == "darcy" and spec.shape == (64, 64)
-    assert list(spec.variables) == ["a", "u"]
-    x = torch.zeros(1, 2, 64, 64)
+    family = FAMILIES[spec.attrs["pde"]]
+    assert name.startswith(family.name)
+    assert spec.shape == (int(name[len(family.name) :]),) * 2
+    assert list(spec.variables) == list(family.fields)
+    x = torch.zeros(1, len(spec.variables), *spec.shape)
     assert denoiser(x, torch.tensor([1.0])).shape == x.shape
     card_facts = json.loads((path / "card.json").read_text())
     assert card_facts["training"]["steps"] == json.loads((path / "state.json").read_text())["step"]
-    for task in ("forward", "inverse"):  # tuned weights, read by solve
+    for task in demo_tasks(spec):  # tuned weights, read by solve
+        assert (
+            "default_obs_weight"
+            in json.loads((path / "guidance.json").read_text())["pdediff"][task]
+        )
         assert resolve_protocol(path, "pdediff", task).default_obs_weight > 0
