@@ -74,7 +74,7 @@ REGULARISERS = ("tv", "tikhonov")
 # it depends on the data: with 3 % sensors (31 at 32^2) the Darcy TV sweep chose 1e-10, and
 # Darcy Tikhonov took the smallest weight tried.
 # Navier-Stokes (w0 from sensors of w(T)): chosen by the same sweep at 32^2, 500 sensors.
-NS_LAM_TV, NS_LAM_TIK, NS_EPS = 1e-4, 1e-4, 1.0
+NS_LAM_TV, NS_LAM_TIK, NS_EPS = 1e-7, 1e-8, 10.0
 DEFAULT_LAM: dict[tuple[str, str], float] = {
     ("darcy", "tv"): 1e-11,
     ("darcy", "tikhonov"): 1e-13,
