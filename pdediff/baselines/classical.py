@@ -294,7 +294,11 @@ def interpolate_then_solve(
         return fam.solve({name: a}, grid, p)
     if u_idx is None or u_values is None:
         raise PdediffError("give both u_idx and u_values, or neither")
-    _family(fam)  # holding u at its sensors: the Dirichlet systems only
+    if fam.name not in SUPPORTED:
+        raise PdediffError(
+            f"holding the solution at its sensors needs a Dirichlet family "
+            f"({', '.join(SUPPORTED)}), not {fam.name!r}: give the coefficient's sensors only"
+        )
     ui, uv = observations(u_idx, u_values, grid.shape, "u")
     return {"a": a, "u": _solve_pinned(fam, a, grid, p, ui, uv)}
 
@@ -523,7 +527,8 @@ def pde_constrained_fit(
     t0 = time.perf_counter()
     fam = _family(family, INVERSE_SUPPORTED)
     p = fam.params(params)
-    idx, y = observations(obs_idx, obs_u, grid.shape, "u")
+    (coef,), (sol,) = fam.role_fields("coefficient"), fam.role_fields("solution")
+    idx, y = observations(obs_idx, obs_u, grid.shape, sol)
     if fam.name in SUPPORTED:
         _check_interior_sensors(idx, grid.shape)
     lam, eps = _reg_settings(fam, reg, lam, eps)
@@ -553,7 +558,6 @@ def pde_constrained_fit(
     a = res.x.reshape(grid.shape)
     misfit, _, u = data_misfit(a)
     r_value = regulariser(a, grid, reg, eps)[0]
-    (coef,), (sol,) = fam.role_fields("coefficient"), fam.role_fields("solution")
     out: dict[str, Any] = {coef: a, sol: u}
     if fam.name == "darcy":
         out["a_thresholded"] = snap_to_levels(a, p["a_low"], p["a_high"])
