@@ -243,7 +243,7 @@ def interpolate_then_solve(
     params: Mapping[str, float] | None,
     obs_idx: Array,
     obs_values: Array,
-    method: str = "nearest",
+    method: str | None = None,
     snap: bool | None = None,
     *,
     u_idx: Array | None = None,
@@ -264,7 +264,9 @@ def interpolate_then_solve(
         Sensors of the coefficient: flat indices ``(M,)`` or a boolean mask, and their
         values (see :func:`observations`).
     method
-        ``"nearest"`` or ``"linear"`` (see :func:`fill_field`).
+        ``"nearest"`` or ``"linear"`` (see :func:`fill_field`); default ``"nearest"`` for
+        Darcy (two levels: the nearest sensor's level, then snapped) and ``"linear"`` for
+        the smooth Gaussian-random-field coefficients of the other families.
     snap
         Replace the interpolated ``a`` by the nearer of the Darcy levels ``a_low`` /
         ``a_high`` (default: ``True`` for Darcy; an error for the other families).
@@ -284,6 +286,8 @@ def interpolate_then_solve(
     p = fam.params(params)
     (name,) = fam.role_fields("coefficient")
     idx, vals = observations(obs_idx, obs_values, grid.shape, name)
+    if method is None:
+        method = "nearest" if fam.name == "darcy" else "linear"
     a = fill_field(grid, idx, vals, method)
     snap = fam.name == "darcy" if snap is None else snap
     if snap:
