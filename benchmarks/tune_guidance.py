@@ -155,8 +155,9 @@ def write_guidance(
         chosen = b.get("settings", {"default_obs_weight": b["weight"]})
         entry = {**model_guidance(model, preset, task), **(fixed or {}), **chosen}
         stored.setdefault(preset, {})[task] = entry | ({"steps": steps} if steps else {})
-    for task in best:  # each task keeps the sweep that chose its weight
-        stored.setdefault("tuning", {})[task] = {
+    for task in best:  # each task (and preset) keeps the sweep that chose its weight
+        key = task if preset == "pdediff" else f"{task} ({preset})"
+        stored.setdefault("tuning", {})[key] = {
             "command": record["command"],
             "preset": preset,
             "settings": record["settings"],
