@@ -26,6 +26,8 @@ SHIPPED: dict[str, str] = {
     "darcy64": "darcy64",
     # the other families at 32 x 32: 16-channel UNets (288 k parameters), 8000 steps on CPU
     "burgers32": "burgers32",
+    "helmholtz32": "helmholtz32",
+    "poisson32": "poisson32",
 }
 
 _ROOT = Path(__file__).resolve().parent
