@@ -82,7 +82,7 @@ def _row(name: str, ens: np.ndarray, truth: np.ndarray, levels, seconds: float) 
     ss = f"{s['spread_skill']:5.2f}" if s["spread_skill"] is not None else "    -"
     return (
         f"  {name:<26} {100 * s['rel_l2_mean']:7.2f} {rate} {cov} {ss} "
-        f"{s['crps']:8.4f} {seconds:7.1f}"
+        f"{s['crps']:8.3g} {seconds:7.1f}"
     )
 
 
