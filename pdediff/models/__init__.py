@@ -27,6 +27,7 @@ SHIPPED: dict[str, str] = {
     # the other families at 32 x 32: 16-channel UNets (288 k parameters), 8000 steps on CPU
     "burgers32": "burgers32",
     "helmholtz32": "helmholtz32",
+    "navier_stokes32": "navier_stokes32",
     "poisson32": "poisson32",
 }
 
