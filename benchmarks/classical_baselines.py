@@ -50,7 +50,7 @@ def load(family: str, n: int, resolution: int, seed: int) -> tuple[np.ndarray, n
     """(coefficient, solution) arrays of ``n`` samples (Navier-Stokes: ``w0``, ``w``)."""
     fam = get_family(family)
     ds = generate(family, n, resolution, seed=seed, progress=False)
-    (coef,), (sol,) = fam.role_fields("coefficient"), fam.role_fields("solution")
+    coef, sol = fam.coefficient_solution()
     return ds[coef].values.astype(np.float64), ds[sol].values.astype(np.float64)
 
 

@@ -203,7 +203,7 @@ def test_solver_mode_returns_exact_solutions_and_fits_the_u_sensors(name, resolu
     (Navier-Stokes: the flow map with residual_dt, ~1e-6 from the reference), and guidance
     through the differentiable solver pulls it onto the solution's sensors."""
     fam = FAMILIES[name]
-    (coef,), (sol,) = fam.role_fields("coefficient"), fam.role_fields("solution")
+    coef, sol = fam.coefficient_solution()
     ds = generate(name, 4, resolution, seed=3, progress=False)
     spec = FieldSpec.from_dataset(ds, [coef, sol])
     obs, _ = observations_from_truth(ds.isel(sample=[0]), [sol], count=12, seed=0)
@@ -228,6 +228,13 @@ def test_solver_mode_returns_exact_solutions_and_fits_the_u_sensors(name, resolu
     # u is never sampled, yet guidance through the solver pulls it onto the sensors
     assert misfit["step"] < 0.7 * misfit["none"]
     assert misfit["consistency"] < 0.7 * misfit["none"]
+
+
+def test_coefficient_solution_pairs():
+    assert FAMILIES["darcy"].coefficient_solution() == ("a", "u")
+    assert FAMILIES["navier_stokes"].coefficient_solution() == ("w0", "w")
+    with pytest.raises(PdediffError, match="'burgers' has coefficient fields \\[\\]"):
+        FAMILIES["burgers"].coefficient_solution()
 
 
 def test_burgers_has_no_solver_mode():

@@ -284,7 +284,7 @@ def interpolate_then_solve(
     """
     fam = _family(family, FORWARD_SUPPORTED)
     p = fam.params(params)
-    (name,) = fam.role_fields("coefficient")
+    name = fam.coefficient_solution()[0]
     idx, vals = observations(obs_idx, obs_values, grid.shape, name)
     if method is None:
         method = "nearest" if fam.name == "darcy" else "linear"
@@ -374,7 +374,7 @@ def _dirichlet_misfit(fam: PDEFamily, grid: Grid, p: Mapping[str, float], idx: A
 
 
 def _autograd_misfit(fam: PDEFamily, grid: Grid, p: Mapping[str, float], idx: Array, y: Array):
-    (coef,), (sol,) = fam.role_fields("coefficient"), fam.role_fields("solution")
+    coef, sol = fam.coefficient_solution()
     index, target = torch.from_numpy(idx), torch.from_numpy(y)
 
     def misfit(a: Array) -> tuple[float, Array, Array]:
@@ -531,7 +531,7 @@ def pde_constrained_fit(
     t0 = time.perf_counter()
     fam = _family(family, INVERSE_SUPPORTED)
     p = fam.params(params)
-    (coef,), (sol,) = fam.role_fields("coefficient"), fam.role_fields("solution")
+    coef, sol = fam.coefficient_solution()
     idx, y = observations(obs_idx, obs_u, grid.shape, sol)
     if fam.name in SUPPORTED:
         _check_interior_sensors(idx, grid.shape)

@@ -169,6 +169,17 @@ class PDEFamily:
         """The names of the fields with ``role`` (``"coefficient"``, ``"solution"``)."""
         return tuple(name for name, info in self.fields.items() if info.role == role)
 
+    def coefficient_solution(self) -> tuple[str, str]:
+        """``(coefficient field, solution field)`` of a family with one of each (the
+        forward / inverse pair: ``("a", "u")``, Navier-Stokes ``("w0", "w")``)."""
+        coef, sol = self.role_fields("coefficient"), self.role_fields("solution")
+        if len(coef) != 1 or len(sol) != 1:
+            raise PDEError(
+                f"{self.name!r} has coefficient fields {list(coef)} and solution fields "
+                f"{list(sol)}: no single coefficient -> solution pair"
+            )
+        return coef[0], sol[0]
+
     def params(self, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
         """Defaults updated with ``overrides``; an unknown name is an error."""
         overrides = dict(overrides or {})

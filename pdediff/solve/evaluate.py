@@ -291,7 +291,7 @@ def _run_diffusion(ctx: _Context, obs: Observations, solve_seed: int) -> tuple[d
 def _run_interp_solve(ctx: _Context, obs: Observations) -> dict:
     from pdediff.baselines import interpolate_then_solve
 
-    (name,), (sol,) = ctx.family.role_fields("coefficient"), ctx.family.role_fields("solution")
+    name, sol = ctx.family.coefficient_solution()
     a = obs.fields[name]
     kwargs = dict(ctx.options.get("interp-solve", {}))
     if sol in obs.fields:  # joint task: hold u at its sensors
@@ -306,7 +306,7 @@ def _run_interp_solve(ctx: _Context, obs: Observations) -> dict:
 def _run_pde_fit(ctx: _Context, obs: Observations) -> dict:
     from pdediff.baselines import pde_constrained_fit
 
-    coef, sol = ctx.family.role_fields("coefficient")[0], ctx.family.role_fields("solution")[0]
+    coef, sol = ctx.family.coefficient_solution()
     u = obs.fields[sol]
     out = pde_constrained_fit(
         ctx.family,
