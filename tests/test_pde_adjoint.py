@@ -29,6 +29,18 @@ def test_solve_torch_is_the_reference_solver(name):
         np.testing.assert_allclose(u[i].numpy(), ref, rtol=1e-12, atol=1e-14)
 
 
+def test_cached_factors_follow_the_grid_and_k():
+    """Poisson's and Helmholtz's LU is computed once per grid and k: a second grid or k
+    must not reuse the first one's factors."""
+    fam = get_family("helmholtz")
+    for n, k in [(9, 3.0), (9, 5.0), (11, 3.0), (9, 3.0)]:
+        grid = fam.make_grid(n, {"k": k})
+        a = _coefficient("helmholtz", grid)
+        u = solve_torch(fam, a, grid, {"k": k})
+        ref = fam.solve({"a": a[1].numpy()}, grid, {"k": k})["u"]
+        np.testing.assert_allclose(u[1].numpy(), ref, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("name", ["darcy", "poisson", "helmholtz"])
 def test_solve_torch_gradient_matches_finite_differences(name):
     fam = get_family(name)

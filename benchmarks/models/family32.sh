@@ -8,6 +8,7 @@
 # that order); each stage is one or a few commands, written here so that the model card
 # and the results under benchmarks/results/ name what was run.  Run from the repository
 # root with pdediff installed.  Costs on the 2-core CPU are in benchmarks/models/README.md.
+# TABLE_SAMPLES: test samples of the table (default 100; the first tables had 20).
 # TABLE_EXTRA: more options of solver_table.py (e.g. "--rows pdediff joint classical" first,
 # the 2000-step diffusionpde rows later: the table's --resume keeps the parts done).
 set -euo pipefail
@@ -78,7 +79,7 @@ for stage in $STAGES; do
     table)
       # shellcheck disable=SC2086
       python benchmarks/solver_table.py --model "$CKPT" --data "$RUNS/${NAME}_test.nc" \
-        --family "$F" --samples 20 --members 8 --threads 1 --resume $TABLE ${TABLE_EXTRA:-} \
+        --family "$F" --samples "${TABLE_SAMPLES:-100}" --members 8 --threads 1 --resume $TABLE ${TABLE_EXTRA:-} \
         --out "benchmarks/results/solver_table_${NAME}.json" ;;
     export)
       metrics=()

@@ -29,12 +29,12 @@ This is how the posterior solver keeps the physics exact when a solver exists (t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import scipy.sparse
-import scipy.sparse.linalg
 import torch
 
 from pdediff.pde import _dirichlet, helmholtz
@@ -61,29 +61,46 @@ def linear_system(
     ``A`` is the sparse matrix of the family's reference solver, ``b`` a full-grid array
     whose interior is the right-hand side.  ``p`` are the family's full parameters.
     """
+    return _system(fam, a, grid, p)[:2]
+
+
+def state(fam: PDEFamily, a: Array, grid: Grid, p: Mapping[str, float]) -> tuple[Array, Any]:
+    """``u(a)`` on the full grid and the LU factors of ``A`` (reused by the adjoint solve).
+
+    Poisson's and Helmholtz's ``A`` does not depend on ``a``: its factors are computed once
+    per grid and ``k`` and shared by every later call, so a solve costs two triangular
+    solves; Darcy's ``A(a)`` is factored for every ``a``.
+    """
+    matrix, rhs, lu = _system(fam, a, grid, p)
+    lu = _dirichlet.factor(matrix) if lu is None else lu
+    u = np.zeros(grid.shape)
+    u[1:-1, 1:-1] = lu.solve(rhs[1:-1, 1:-1].ravel()).reshape(u[1:-1, 1:-1].shape)
+    return u, lu
+
+
+def _system(fam: PDEFamily, a: Array, grid: Grid, p: Mapping[str, float]):
+    """``(A, b, LU of A or None)``: see :func:`linear_system` and :func:`state`."""
     _check_family(fam)
     hy, hx = _dirichlet.spacing(grid, fam.min_resolution)
     if fam.name == "darcy":
         if np.any(a <= 0.0):
             raise PDEError(f"permeability must be positive, min is {a.min():.6g}")
-        return _dirichlet.neg_div_c_grad_matrix(a, hy, hx), np.full(grid.shape, p["f"])
-    matrix = _dirichlet.neg_div_c_grad_matrix(np.ones(grid.shape), hy, hx)
+        return _dirichlet.neg_div_c_grad_matrix(a, hy, hx), np.full(grid.shape, p["f"]), None
+    k = p["k"] if fam.name == "helmholtz" else 0.0
     if fam.name == "helmholtz":
-        helmholtz._check_not_resonant(p["k"], grid, hy, hx)
-        matrix = matrix - p["k"] ** 2 * scipy.sparse.eye_array(matrix.shape[0], format="csc")
-    return matrix, -a
+        helmholtz._check_not_resonant(k, grid, hy, hx)
+    matrix, lu = _shifted_laplacian(grid.shape, hy, hx, k)
+    return matrix, -a, lu
 
 
-def state(fam: PDEFamily, a: Array, grid: Grid, p: Mapping[str, float]) -> tuple[Array, Any]:
-    """``u(a)`` on the full grid and the LU factors of ``A`` (reused by the adjoint solve)."""
-    matrix, rhs = linear_system(fam, a, grid, p)
-    try:
-        lu = scipy.sparse.linalg.splu(matrix.tocsc())
-    except RuntimeError as err:  # a singular matrix
-        raise PDEError(f"the discrete operator is singular: {err}") from err
-    u = np.zeros(grid.shape)
-    u[1:-1, 1:-1] = lu.solve(rhs[1:-1, 1:-1].ravel()).reshape(u[1:-1, 1:-1].shape)
-    return u, lu
+@functools.lru_cache(maxsize=16)
+def _shifted_laplacian(shape: tuple[int, int], hy: float, hx: float, k: float):
+    """``-lap - k^2`` on the interior nodes and its LU factors, cached per grid and ``k``
+    (treat both as read-only)."""
+    matrix = _dirichlet.neg_div_c_grad_matrix(np.ones(shape), hy, hx)
+    if k:
+        matrix = matrix - k**2 * scipy.sparse.eye_array(matrix.shape[0], format="csc")
+    return matrix, _dirichlet.factor(matrix)
 
 
 def adjoint_gradient(fam: PDEFamily, u: Array, lu: Any, r: Array, hy: float, hx: float) -> Array:
