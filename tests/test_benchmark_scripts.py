@@ -5,6 +5,7 @@ they document; --resume reuses complete tables."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,28 @@ def test_tune_guidance_grid_of_protocol_fields(checkpoint, data, tmp_path, load_
     again = tune.main([*argv[:-4], *grid, *argv[-2:], *out, "--resume"])
     new = again["sweeps"]["inverse"]["points"]
     assert new[:2] == points and new[2]["settings"]["consistency_steps"] == 5
+
+
+def test_tune_guidance_scores_several_sensor_counts(
+    checkpoint, data, tmp_path, load_benchmark, monkeypatch
+):
+    """``--points 6 3``: each setting is scored at both counts and ranked by the geometric
+    mean of the two scores (here a setting best at 6 sensors but bad at 3 loses)."""
+    tune = load_benchmark("tune_guidance")
+    calls = []
+
+    def fake(args, task, protocol, points):
+        calls.append((protocol["default_obs_weight"], points))
+        w = protocol["default_obs_weight"]
+        value = {(1.0, 6): 0.01, (1.0, 3): 0.9, (5.0, 6): 0.02, (5.0, 3): 0.3}[(w, points)]
+        return value, "rel_l2_mean of a", {"coverage90": 0.9, "spread_skill": 1.0}
+
+    monkeypatch.setattr(tune, "evaluate_point", fake)
+    argv = ["--model", str(checkpoint), "--data", str(data), "--points", "6", "3"]
+    argv += ["--weights", "1", "5", "--tasks", "inverse", "--dry-run"]
+    record = tune.main([*argv, "--out", str(tmp_path / "tune.json")])
+    assert calls == [(1.0, 6), (1.0, 3), (5.0, 6), (5.0, 3)]
+    points = record["sweeps"]["inverse"]["points"]
+    assert [p["score"] for p in points] == pytest.approx([math.sqrt(0.009), math.sqrt(0.006)])
+    assert points[1]["per_points"]["3"]["score"] == 0.3
+    assert record["sweeps"]["inverse"]["best"]["weight"] == 5.0
