@@ -19,7 +19,9 @@ Test sample ``i`` gets its sensors from the seeds ``(--seed, i)`` in every call,
 row sees the same observations of the same samples (the ``diffusionpde`` row a prefix of
 them).  Each call writes its table (JSON + CSV, after every sample) into the folder
 ``OUT_STEM/`` beside ``--out``, named ``TASK_SENSORS_ROW.json``; ``--resume`` skips the parts
-whose table is complete and was made with the same settings, and reruns the others.  After
+whose table is complete and was made with the same settings, continues those that only have
+fewer samples done (interrupted, or ``--samples`` raised: ``evaluate(resume=True)``), and
+reruns the others.  After
 every part the summary ``--out`` is rewritten (command, machine, settings, protocol
 overrides, the resolved protocol of every part, and one row per (sensors, method)), and at
 the end the table is printed as markdown.
@@ -52,8 +54,7 @@ import torch
 from pdediff.errors import PdediffError
 from pdediff.io.store import open_fields
 from pdediff.solve.api import PRESETS, resolve_protocol, task_fields
-from pdediff.solve.evaluate import BASELINE_FAMILIES, evaluate, table_paths
-from pdediff.solve.posterior import Protocol
+from pdediff.solve.evaluate import BASELINE_FAMILIES, evaluate, stored_protocol, table_paths
 from pdediff.train import read_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -162,38 +163,35 @@ def expected_meta(model: str, data: str, kwargs: Mapping) -> dict:
     )
 
 
-def _with_defaults(protocol: Mapping | None) -> dict | None:
-    """A stored protocol with the fields it predates set to their defaults (the value they
-    had, in effect, when it was made)."""
-    if protocol is None:
-        return None
-    return _normal(Protocol().to_dict()) | dict(protocol)
-
-
 def run_part(
     path: Path, model: str, data: str, kwargs: Mapping, *, resume: bool, overwrite: bool
 ) -> tuple[dict, str]:
     """One evaluation table at ``path``: reused with ``resume`` if complete and made with
-    the same settings, else (re)computed.  Returns the table's JSON document and what was
-    done (``"reused"``, ``"ran"``)."""
+    the same settings, continued if it only has fewer samples done (an interrupted run, or
+    a table extended to more samples), else (re)computed.  Returns the table's JSON
+    document and what was done (``"reused"``, ``"continued"``, ``"ran"``)."""
     want = expected_meta(model, data, kwargs)
+    status, go_on = "ran", False
     if resume and path.is_file():
         doc = json.loads(path.read_text())
-        doc["protocol"] = _with_defaults(doc.get("protocol"))
+        doc["protocol"] = stored_protocol(doc.get("protocol"))
         differ = [k for k in MATCHED if _normal(doc.get(k)) != want[k]]
         if doc.get("complete") and not differ:
             return doc, "reused"
+        go_on = set(differ) <= {"samples"} and doc.get("samples_done", 0) <= kwargs["samples"]
         why = "incomplete" if not doc.get("complete") else f"settings differ: {differ}"
-        print(f"  rerunning {path.name} ({why})", flush=True)
+        print(f"  {'continuing' if go_on else 'rerunning'} {path.name} ({why})", flush=True)
+        status = "continued" if go_on else "ran"
     evaluate(
         model,
         data,
         out=path,
-        overwrite=overwrite or resume,
+        overwrite=(overwrite or resume) and not go_on,
+        resume=go_on,
         command=command_line(),
         **kwargs,
     )
-    return json.loads(path.read_text()), "ran"
+    return json.loads(path.read_text()), status
 
 
 def check_outputs(paths: Sequence[Path], resume: bool, overwrite: bool) -> None:

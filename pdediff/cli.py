@@ -416,6 +416,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             baseline_options={"fno": {"model": args.fno_model}} if args.fno_model else None,
             out=json_path,
             overwrite=args.overwrite,
+            resume=args.resume,
             command="pdediff " + shlex.join(args.argv),
             progress=not args.quiet,
         )
@@ -875,7 +876,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--seed", type=int, default=0, help="seed of observations and sampling")
     ev.add_argument("--out", required=True, help="TABLE.json (rows also to TABLE.csv)")
-    ev.add_argument("--overwrite", action="store_true")
+    wr = ev.add_mutually_exclusive_group()
+    wr.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    wr.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an existing --out made with the same settings (keep its samples)",
+    )
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
 

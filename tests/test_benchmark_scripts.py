@@ -82,6 +82,16 @@ def test_solver_table(checkpoint, data, fno_dirs, tmp_path, capsys, load_benchma
     again = solver_table.main([*argv, "--resume"])
     assert {p["status"] for p in again["parts"].values()} == {"reused"}
     assert again["rows"] == result["rows"]
+    # more samples: each part continues from the samples it has (the 2000-step row, capped
+    # at --dp-samples 1, is complete already)
+    more = list(argv)
+    more[more.index("--samples") + 1] = "3"
+    extended = solver_table.main([*more, "--resume"])
+    status = {name: p["status"] for name, p in extended["parts"].items()}
+    assert {s for n, s in status.items() if "diffusionpde" not in n} == {"continued"}
+    assert {s for n, s in status.items() if "diffusionpde" in n} == {"reused"}
+    part = json.loads(Path(extended["parts"]["inverse_p10_pdediff"]["table"]).read_text())
+    assert part["samples_done"] == 3 and part["resumed"][0]["samples"] == [0, 2]
 
 
 def test_solver_table_joint_task(checkpoint, data, tmp_path, load_benchmark):

@@ -191,6 +191,37 @@ def test_a_crash_keeps_the_samples_done_and_failures_are_rows(
     assert len((tmp_path / "t.csv").read_text().splitlines()) == 3
 
 
+def test_resume_continues_a_table_and_equals_a_fresh_run(checkpoint, test_set, tmp_path):
+    """An interrupted or shorter table is continued: its samples are kept (their rows,
+    timings included, and rank histograms), the rest evaluated; the scores are those of
+    one fresh run over all samples."""
+    kw = {**FAST, "task": "inverse", "methods": ["diffusion"], "samples": 1}
+    out = tmp_path / "t.json"
+    first = evaluate(checkpoint, test_set, out=out, **kw)
+    resumed = evaluate(checkpoint, test_set, out=out, resume=True, **(kw | {"samples": 3}))
+    fresh = evaluate(checkpoint, test_set, **(kw | {"samples": 3}))
+    assert resumed.rows[:2] == first.rows  # kept as they were, seconds included
+    assert [r["sample"] for r in resumed.rows] == [0, 0, 1, 1, 2, 2]
+    scores = [k for k in COLUMNS if k != "seconds"]
+    assert [[r[k] for k in scores] for r in resumed.rows] == [
+        [r[k] for k in scores] for r in fresh.rows
+    ]
+    for name, counts in fresh.rank_histograms["diffusion"].items():
+        np.testing.assert_array_equal(resumed.rank_histograms["diffusion"][name], counts)
+    doc = json.loads(out.read_text())
+    assert doc["complete"] and doc["samples_done"] == 3
+    assert doc["resumed"] == [{"samples": [0, 1], "created": first.meta["created"]} | {
+        "command": None, "pdediff": first.meta["pdediff"]}]  # fmt: skip
+    # a table made with other settings, or with more samples done, is not continued
+    with pytest.raises(PdediffError, match="other members"):
+        evaluate(checkpoint, test_set, out=out, resume=True, **(kw | {"members": 3}))
+    with pytest.raises(PdediffError, match="3 samples done, more than the 2"):
+        evaluate(checkpoint, test_set, out=out, resume=True, **(kw | {"samples": 2}))
+    # resume without a table starts one
+    new = evaluate(checkpoint, test_set, out=tmp_path / "new.json", resume=True, **kw)
+    assert new.meta["samples_done"] == 1 and "resumed" not in new.meta
+
+
 def test_cli_end_to_end(checkpoint, test_set, tmp_path, capsys):
     data = write_fields(test_set, tmp_path / "test.nc")
     out = tmp_path / "table.json"
@@ -209,8 +240,16 @@ def test_cli_end_to_end(checkpoint, test_set, tmp_path, capsys):
     assert (tmp_path / "table.csv").exists()
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "--overwrite" in err and err.count("\n") == 1
+    assert "--overwrite" in err and "--resume" in err and err.count("\n") == 1
     assert main([*argv, "--overwrite"]) == 0
+    more = list(argv)
+    more[more.index("--samples") + 1] = "2"
+    assert main([*more, "--resume"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["samples_done"] == 2 and doc["resumed"][0]["samples"] == [0, 1]
+    assert doc["resumed"][0]["command"].startswith("pdediff evaluate")
+    with pytest.raises(SystemExit):  # one or the other
+        main([*more, "--resume", "--overwrite"])
 
 
 @pytest.mark.parametrize(

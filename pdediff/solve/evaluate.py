@@ -68,6 +68,7 @@ from pdediff.solve.api import (
     resolve_protocol,
     select_task,
 )
+from pdediff.solve.posterior import Protocol
 
 __all__ = [
     "COLUMNS",
@@ -782,6 +783,7 @@ def evaluate(
     baseline_options: Mapping[str, Mapping] | None = None,
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     command: str | None = None,
     progress: bool = True,
 ) -> Evaluation:
@@ -821,6 +823,12 @@ def evaluate(
         ``TABLE.json``: written, with ``TABLE.csv``, after every sample (atomically).
     overwrite
         Replace an existing table.
+    resume
+        Continue the table at ``out``: keep the samples it has done (their rows and rank
+        histograms) and evaluate the rest, so an interrupted run, or a table extended to
+        more samples, loses nothing.  Every setting of the old table (model, data, task,
+        methods, sensors, seed, protocol, ...) must match; ``meta["resumed"]`` records
+        which samples came from which earlier run.  A missing table starts from scratch.
     command
         The command line to record (the CLI passes its own).
     progress
@@ -837,8 +845,9 @@ def evaluate(
         Unknown task, method or preset; a method that does not solve the task or the
         family; a test set that does not fit the model; a table path that is not ``.json``;
         ``fno`` without a model, or with one trained for another task or grid.
+        ``resume`` of a table made with other settings (the message names them).
     FileExistsError
-        The table (or its CSV) exists and ``overwrite`` is false.
+        The table (or its CSV) exists and neither ``overwrite`` nor ``resume`` is set.
     """
     from tqdm.auto import tqdm
 
@@ -853,11 +862,17 @@ def evaluate(
     ctx, methods = _context(checkpoint, ds, where, task, methods, settings)
     indices = _indices(ds, samples)
     if out is not None:
-        _check_output(out, overwrite)
+        _check_output(out, overwrite or resume)
     draw = {"points": points, "fraction": fraction, "noise_std": noise_std, "layout": layout}
     result = Evaluation(meta=_meta(ctx, where, methods, indices, seed, draw, command))
-    with tqdm(total=len(indices) * len(methods), desc="evaluate", disable=not progress) as bar:
-        for index in indices:
+    if resume and out is not None and table_paths(out)[0].is_file():
+        _resume(result, table_paths(out)[0])
+    done = result.meta["samples_done"]
+    with tqdm(
+        total=len(indices) * len(methods), initial=done * len(methods), desc="evaluate",
+        disable=not progress,
+    ) as bar:  # fmt: skip
+        for index in indices[done:]:
             _evaluate_sample(result, ctx, ds, index, methods, draw, seed, bar)
             result.meta["samples_done"] += 1
             result.meta["complete"] = result.meta["samples_done"] == len(indices)
@@ -866,13 +881,62 @@ def evaluate(
     return result
 
 
+#: Settings an earlier table must share for ``evaluate(resume=True)`` to continue it.
+RESUME_MATCHED = (
+    "model", "data", "pde", "params", "task", "methods", "seed", "points", "fraction",
+    "noise_std", "layout", "members", "preset", "protocol", "use_pde", "baseline_options",
+    "coverage_level",
+)  # fmt: skip
+
+
+def stored_protocol(protocol: Mapping | None) -> dict | None:
+    """A table's stored protocol with the fields it predates set to their defaults (the
+    values they had, in effect, when it was made), for comparison with a protocol now."""
+    if protocol is None:
+        return None
+    return _clean(Protocol().to_dict()) | dict(protocol)
+
+
+def _resume(result: Evaluation, path: Path) -> None:
+    """Take the samples done in the table at ``path`` into ``result`` (see ``evaluate``)."""
+    old = json.loads(path.read_text())
+    old["protocol"] = stored_protocol(old.get("protocol"))
+    now = _clean(result.meta)
+    differ = [k for k in RESUME_MATCHED if _clean(old.get(k)) != now.get(k)]
+    if differ:
+        raise PdediffError(
+            f"cannot resume {path}: it was made with other {', '.join(differ)} (e.g. "
+            f"{differ[0]} = {old.get(differ[0])!r}, now {now.get(differ[0])!r}); pass "
+            "--overwrite to start it again"
+        )
+    done = int(old.get("samples_done", 0))
+    if done > result.meta["samples"]:
+        raise PdediffError(
+            f"cannot resume {path}: it has {done} samples done, more than the "
+            f"{result.meta['samples']} asked for (its pooled rank histograms cannot be cut); "
+            "ask for at least as many samples or pass --overwrite"
+        )
+    result.rows = [row for row in old["rows"] if row["sample"] < done]
+    result.rank_histograms = {
+        method: {name: np.asarray(counts, dtype=np.int64) for name, counts in fields.items()}
+        for method, fields in old.get("rank_histogram", {}).items()
+    }
+    history = list(old.get("resumed", []))  # [first, last + 1) of the samples of each run
+    start = history[-1]["samples"][1] if history else 0
+    history.append(
+        {"samples": [start, done]} | {k: old.get(k) for k in ("created", "command", "pdediff")}
+    )
+    result.meta.update(samples_done=done, complete=done == result.meta["samples"], resumed=history)
+
+
 def _check_output(out: str | os.PathLike, overwrite: bool) -> None:
     paths = table_paths(out)
     existing = [str(p) for p in paths if p.exists()]
     if existing and not overwrite:
         verb = "exists" if len(existing) == 1 else "exist"
         raise FileExistsError(
-            f"{' and '.join(existing)} {verb}; pass --overwrite (overwrite=True) to replace"
+            f"{' and '.join(existing)} {verb}; pass --overwrite (overwrite=True) to replace "
+            "it or --resume (resume=True) to continue it"
         )
     if not paths[0].parent.is_dir():
         raise DataError(f"output folder {paths[0].parent} does not exist")
