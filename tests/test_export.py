@@ -274,7 +274,16 @@ def test_export_carries_tuned_guidance_and_several_evaluations(checkpoint, tmp_p
             "inverse": {
                 "command": "python benchmarks/tune_guidance.py ...",
                 "sweep": {"points": [{"weight": 300.0, "score": 0.05, "metric": "err"}]},
-            }
+            },
+            "forward": {
+                "command": "python benchmarks/tune_guidance.py --points 500 31 ...",
+                "sweep": {
+                    "points": [
+                        {"weight": 30.0, "score": 0.06, "metric": "err"}
+                        | {"per_points": {"500": {"score": 0.01}, "31": {"score": 0.36}}}
+                    ]
+                },
+            },
         },
     }
     (src / "guidance.json").write_text(json.dumps(tuned))
@@ -285,6 +294,8 @@ def test_export_carries_tuned_guidance_and_several_evaluations(checkpoint, tmp_p
     assert [m.get("task") for m in facts["metrics"]] == [EVALUATION.get("task"), "inverse"]
     assert text.count("## Evaluation") == 2
     assert 'task inverse: {"default_obs_weight": 300.0}' in text and "300: 5.00 %" in text
+    assert "30: 6.00 % (500: 1.00 %, 31: 36.00 %)" in text
+    assert "forward sweep (err, geometric mean over the sensor counts" in text
 
 
 @pytest.mark.parametrize("name", sorted(models.SHIPPED))

@@ -562,13 +562,24 @@ def _md_guidance(g: Mapping[str, Any] | None) -> str:
     ]
     for task, tuning in (g.get("tuning") or {}).items():
         points = tuning["sweep"]["points"]
-        pts = "; ".join(f"{_point_label(p)}: {100 * p['score']:.2f} %" for p in points)
+        pts = "; ".join(f"{_point_label(p)}: {_point_score(p)}" for p in points)
         metric = points[0]["metric"] if points else ""
+        if any("per_points" in p for p in points):
+            metric += ", geometric mean over the sensor counts"
         lines.append(f"- {task} sweep ({metric}, validation data): {pts}")
         lines.append(f"  by `{tuning['command']}`")
     return "## Guidance weights\n\nStored in guidance.json, used by `pdediff solve`:\n\n" + (
         "\n".join(lines)
     )
+
+
+def _point_score(point: Mapping[str, Any]) -> str:
+    """``7.47 %``, or with scores at several sensor counts ``7.47 % (500: 0.94 %, 31: ...)``."""
+    text = f"{100 * point['score']:.2f} %"
+    per = point.get("per_points")
+    if per:
+        text += " (" + ", ".join(f"{n}: {100 * v['score']:.2f} %" for n, v in per.items()) + ")"
+    return text
 
 
 def _point_label(point: Mapping[str, Any]) -> str:
