@@ -217,6 +217,16 @@ def test_resume_continues_a_table_and_equals_a_fresh_run(checkpoint, test_set, t
         evaluate(checkpoint, test_set, out=out, resume=True, **(kw | {"members": 3}))
     with pytest.raises(PdediffError, match="3 samples done, more than the 2"):
         evaluate(checkpoint, test_set, out=out, resume=True, **(kw | {"samples": 2}))
+    # a table older than a column (here "condition") gets it empty
+    doc = json.loads(out.read_text())
+    doc["rows"] = [r for r in doc["rows"] if r["sample"] < 2]  # as if stopped after two
+    for row in doc["rows"]:
+        del row["condition"]
+    doc["samples_done"], doc["complete"], doc["rank_histogram"] = 2, False, {}
+    out.write_text(json.dumps(doc))
+    longer = evaluate(checkpoint, test_set, out=out, resume=True, **(kw | {"samples": 3}))
+    assert {r["condition"] for r in longer.rows} == {""}
+    assert len((tmp_path / "t.csv").read_text().splitlines()) == 1 + 6
     # resume without a table starts one
     new = evaluate(checkpoint, test_set, out=tmp_path / "new.json", resume=True, **kw)
     assert new.meta["samples_done"] == 1 and "resumed" not in new.meta

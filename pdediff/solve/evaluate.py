@@ -916,7 +916,9 @@ def _resume(result: Evaluation, path: Path) -> None:
             f"{result.meta['samples']} asked for (its pooled rank histograms cannot be cut); "
             "ask for at least as many samples or pass --overwrite"
         )
-    result.rows = [row for row in old["rows"] if row["sample"] < done]
+    # a table older than a column gets it empty: "" for the text columns, None for scores
+    blank = dict.fromkeys(COLUMNS) | {"error": "", "condition": ""}
+    result.rows = [blank | row for row in old["rows"] if row["sample"] < done]
     result.rank_histograms = {
         method: {name: np.asarray(counts, dtype=np.int64) for name, counts in fields.items()}
         for method, fields in old.get("rank_histogram", {}).items()
