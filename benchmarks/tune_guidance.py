@@ -116,7 +116,7 @@ def sweep(args: argparse.Namespace, task: str, saved: Callable[[str, list], None
         t0 = time.perf_counter()
         scores = {n: evaluate_point(args, task, {**fixed, **settings}, n) for n in args.points}
         value = math.exp(sum(math.log(max(v, 1e-300)) for v, _, _ in scores.values()) / len(scores))
-        name, calib = scores[args.points[0]][1:]
+        name, calib = scores[args.points[0]][1:]  # the first count's calibration on top
         point = {"weight": settings["default_obs_weight"], "settings": settings, "score": value}
         point |= {"metric": name, "calibration": calib}
         if len(scores) > 1:  # the score is then the geometric mean of these
