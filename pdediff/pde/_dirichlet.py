@@ -17,6 +17,8 @@ DiffusionPDE (Huang et al. 2024, arXiv 2406.17763) trains on.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
@@ -67,11 +69,25 @@ def solve_screened_poisson(a: Array, hy: float, hx: float, k2: float = 0.0) -> A
 
     The matrix is ``-lap`` shifted by ``-k2`` (indefinite once ``k2`` exceeds the smallest
     eigenvalue of ``-lap``, which the sparse LU handles), hence the right-hand side ``-a``.
+    Its factors come from :func:`shifted_laplacian` (computed once per grid and ``k2``).
     """
-    matrix = neg_div_c_grad_matrix(np.ones(a.shape), hy, hx)
+    lu = shifted_laplacian(a.shape, hy, hx, k2)[1]
+    u = np.zeros(a.shape, dtype=np.float64)
+    u[1:-1, 1:-1] = lu.solve(-a[1:-1, 1:-1].ravel()).reshape(u[1:-1, 1:-1].shape)
+    return u
+
+
+@functools.lru_cache(maxsize=16)
+def shifted_laplacian(
+    shape: tuple[int, int], hy: float, hx: float, k2: float = 0.0
+) -> tuple[scipy.sparse.csc_array, scipy.sparse.linalg.SuperLU]:
+    """``-lap - k2`` on the interior nodes and its LU factors (:func:`factor`), cached per
+    grid and ``k2``: the Poisson and Helmholtz matrices do not depend on the source, so
+    every solve after the first costs two triangular solves.  Treat both as read-only."""
+    matrix = neg_div_c_grad_matrix(np.ones(shape), hy, hx)
     if k2:
-        matrix.setdiag(matrix.diagonal() - k2)
-    return solve_interior(matrix, -a)
+        matrix = matrix - k2 * scipy.sparse.eye_array(matrix.shape[0], format="csc")
+    return matrix, factor(matrix)
 
 
 def spacing(grid: Grid, min_points: int) -> tuple[float, float]:

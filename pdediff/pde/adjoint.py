@@ -29,7 +29,6 @@ This is how the posterior solver keeps the physics exact when a solver exists (t
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -89,18 +88,8 @@ def _system(fam: PDEFamily, a: Array, grid: Grid, p: Mapping[str, float]):
     k = p["k"] if fam.name == "helmholtz" else 0.0
     if fam.name == "helmholtz":
         helmholtz._check_not_resonant(k, grid, hy, hx)
-    matrix, lu = _shifted_laplacian(grid.shape, hy, hx, k)
+    matrix, lu = _dirichlet.shifted_laplacian(grid.shape, hy, hx, k**2)
     return matrix, -a, lu
-
-
-@functools.lru_cache(maxsize=16)
-def _shifted_laplacian(shape: tuple[int, int], hy: float, hx: float, k: float):
-    """``-lap - k^2`` on the interior nodes and its LU factors, cached per grid and ``k``
-    (treat both as read-only)."""
-    matrix = _dirichlet.neg_div_c_grad_matrix(np.ones(shape), hy, hx)
-    if k:
-        matrix = matrix - k**2 * scipy.sparse.eye_array(matrix.shape[0], format="csc")
-    return matrix, _dirichlet.factor(matrix)
 
 
 def adjoint_gradient(fam: PDEFamily, u: Array, lu: Any, r: Array, hy: float, hx: float) -> Array:
