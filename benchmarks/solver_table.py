@@ -9,7 +9,10 @@ are :func:`pdediff.solve.evaluate.evaluate` calls on the same test samples:
   adjoint);
 * ``joint``: the ``joint`` preset (both fields sampled, observation and PDE residual terms);
 * ``diffusionpde``: the released DiffusionPDE protocol (Heun 2,000 steps, step correction,
-  switch at 80 %), on the first ``--dp-samples`` samples only;
+  switch at 80 %), on the first ``--dp-samples`` samples only, with ``--dp-members``
+  members (default 1: the released protocol draws one sample per scene, so its error is
+  that of a single sample; compare it with the other rows' ``member`` column, the mean
+  error of their single members);
 * ``classical``: ``interp-solve`` (forward) and ``pde-fit`` (inverse), for Darcy, Poisson,
   Helmholtz and Navier-Stokes;
 * ``fno``: the FNO baselines ``--fno-forward`` / ``--fno-inverse`` (one per task; the same
@@ -240,6 +243,7 @@ def check_family(data: str, family: str | None) -> str | None:
 
 #: Scored per task: (key, field role, metric, scale); "target" is the inferred field.
 METRIC_KEYS = ("rel_l2_mean", "error_rate_mean", "crps", "coverage90", "spread_skill")
+METRIC_KEYS += ("rel_l2_member", "error_rate_member")
 
 
 def parts(args: argparse.Namespace, family: str | None) -> list[dict]:
@@ -280,7 +284,7 @@ def part_kwargs(part: Mapping, args: argparse.Namespace, overrides: Mapping) -> 
         "task": part["task"],
         **part["draw"],
         "noise_std": args.noise_std,
-        "members": args.members,
+        "members": args.dp_members if part["row"] == "diffusionpde" else args.members,
         "preset": part["preset"],
         "protocol": overrides[part["preset"]],
         "samples": part["samples"],
@@ -319,15 +323,19 @@ SHORT = {"forward": "fwd", "inverse": "inv", "joint": "joint"}
 
 def format_table(rows: Sequence[dict], spec) -> str:
     """The markdown table: errors in % (± standard error), the rest as means; per task the
-    inferred field's error rate (where it has one) and relative L2 error, and the
-    calibration columns as ``task1 / task2``."""
+    inferred field's error rate (where it has one) and relative L2 error of the ensemble
+    mean, the mean error of single members (``member``: rel L2, or the error rate where
+    the field has one), and the calibration columns as ``task1 / task2``."""
     tasks = [t for t in TASKS_ALL if any(t in r for r in rows)]
     error_columns = []
     for task in tasks:
         field = task_fields(spec, task)[1][0]
-        if any(r.get(task, {}).get("error_rate_mean") for r in rows):
+        rate = any(r.get(task, {}).get("error_rate_mean") for r in rows)
+        if rate:
             error_columns.append((task, "error_rate_mean", f"{SHORT[task]} {field} error rate %"))
         error_columns.append((task, "rel_l2_mean", f"{SHORT[task]} {field} rel L2 %"))
+        member = "error_rate_member" if rate else "rel_l2_member"
+        error_columns.append((task, member, f"{SHORT[task]} {field} member %"))
     which = " / ".join(SHORT[t] for t in tasks)
     header = ["sensors", "method (preset)", *(c[2] for c in error_columns)]
     header += [f"{name} {which}" for name in ("coverage90", "spread-skill", "CRPS", "s/sample")]
@@ -375,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--classical-samples", type=int, help="samples of the classical row (default: --samples)"
     )
     p.add_argument("--members", type=int, default=8, help="ensemble size")
+    p.add_argument(
+        "--dp-members",
+        type=int,
+        default=1,
+        help="ensemble size of the diffusionpde row (default 1: the released protocol)",
+    )
     p.add_argument(
         "--sensors",
         nargs="+",

@@ -130,7 +130,7 @@ def sweep(args: argparse.Namespace, task: str, saved: Callable[[str, list], None
                 f" ({n}: {100 * v:.2f} %)" for n, (v, _, _) in scores.items() if len(scores) > 1
             )
             + ", "
-            + ", ".join(f"{k} {v:.3g}" for k, v in calib.items()),
+            + ", ".join(f"{k} {v:.3g}" for k, v in calib.items() if v is not None),
             flush=True,
         )
         saved(task, points)
@@ -157,7 +157,8 @@ def evaluate_point(
     summary = ev.summary()
     target = task_fields(read_checkpoint(args.model).fieldspec, task)[1][0]
     value, name = score(summary, target)
-    return value, name, {k: summary["diffusion"][target][k]["mean"] for k in CALIBRATION}
+    stats = summary["diffusion"][target]  # one member (--members 1) has no calibration
+    return value, name, {k: stats[k]["mean"] if k in stats else None for k in CALIBRATION}
 
 
 def write_guidance(

@@ -64,6 +64,10 @@ def test_solver_table(checkpoint, data, fno_dirs, tmp_path, capsys, load_benchma
     assert parts["forward_p10_pdediff"]["nfe"] == {"sampler": 3, "total": 4}  # heun: 2*2-1, +1
     assert parts["inverse_f0.2_diffusionpde"]["protocol"]["steps"] == 3
     assert parts["inverse_f0.2_diffusionpde"]["samples"] == 1
+    # the 2000-step row draws one sample per scene (--dp-members 1), the others --members
+    members = {n: json.loads(Path(p["table"]).read_text())["members"] for n, p in parts.items()}
+    assert {m for n, m in members.items() if "diffusionpde" in n} == {1}
+    assert members["inverse_p10_pdediff"] == 2
     assert parts["forward_p10_joint"]["protocol"]["pde_weight"] == 1.0
     assert parts["inverse_p10_classical"]["methods"] == ["pde-fit"]
     assert doc["protocol_overrides"]["diffusionpde"] == {"steps": 3}
@@ -72,6 +76,10 @@ def test_solver_table(checkpoint, data, fno_dirs, tmp_path, capsys, load_benchma
     assert fwd["field"] == "u" and inv["field"] == "a" and fwd["n"] == 2 and fwd["nfe"] == 4
     assert inv["error_rate_mean"]["n"] == 2 and inv["coverage90"] is not None
     assert by_row[("f0.2", "diffusionpde")]["inverse"]["n"] == 1
+    # single-member errors beside the ensemble mean's, for the comparison with that row
+    assert inv["error_rate_member"]["n"] == 2 and fwd["rel_l2_member"]["n"] == 2
+    header = doc["markdown"].splitlines()[0]
+    assert "inv a member %" in header and "fwd u member %" in header
     assert by_row[("p10", "fno")]["forward"]["method"] == "fno"
     assert by_row[("p10", "classical")]["forward"]["method"] == "interp-solve"
     assert "diffusion (joint)" in printed and "fno" in printed
