@@ -26,11 +26,14 @@ case $F in
 esac
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-# Tasks and the guidance grid per family (validation samples only).  The 2000-step
-# DiffusionPDE preset is not run on these models (--dp-samples 0): its 4000 denoiser calls
-# per sample, with the residual's gradient, did not fit the CPU time of the session.  The Dirichlet families
+# Tasks and the guidance grid per family (validation samples only).  The Dirichlet families
 # and Navier-Stokes sample their coefficient and take the solution from the differentiable
 # solver (the pdediff preset); Burgers' only field is the solution: the joint task.
+# The 2000-step DiffusionPDE preset (one member, as released: about 50 s a sample on one
+# core at 32^2) runs on the first DP_SAMPLES test samples where TUNE_DP tunes its weights
+# (2 validation samples per point); the families without TUNE_DP do not run it yet.
+DP_SAMPLES=0
+TUNE_DP=""
 case $F in
   poisson|helmholtz)
     TASKS="inverse forward"
@@ -43,7 +46,11 @@ case $F in
     # correction above consistency_sigma_max spreads them through the network, data
     # consistency below it fits them (1000: at every step, the first tables' setting)
     TUNE_FORWARD="--points 500 31 --weights 30 100 300 --grid consistency_sigma_max=0.03,0.1,1000 --set consistency_steps=40 --set consistency_lr=0.05"
-    TABLE="--dp-samples 0 --baseline-options-json {\"interp-solve\":{\"method\":\"linear\"}}" ;;
+    # DiffusionPDE preset: a first sweep (obs 0.1, 1, 10 x pde 1, 10, 100) put the best at
+    # pde_weight 1 (its released zeta_pde 100 overshoots on these models: 218 % forward)
+    TUNE_DP="--weights 1 3 10 --grid pde_weight=0.1,0.3,1"
+    DP_SAMPLES=20
+    TABLE="--baseline-options-json {\"interp-solve\":{\"method\":\"linear\"}}" ;;
   navier_stokes)
     TASKS="inverse forward"
     # the inverse step costs a flow map and its gradient per Adam step: few of them
@@ -52,14 +59,14 @@ case $F in
     # with consistency_steps 0 or 40 at every step, chose 40: 83 % error at 3 %)
     TUNE_FORWARD="--points 500 31 --weights 10 30 100 --grid consistency_sigma_max=0.03,0.1,1000 --set consistency_steps=40 --set consistency_lr=0.05"
     # pde-fit: 14-40 s a sample through the flow map, on the first 10 samples
-    TABLE="--dp-samples 0 --classical-samples 10 --baseline-options-json {\"pde-fit\":{\"reg\":\"tikhonov\"},\"interp-solve\":{\"method\":\"linear\"}}" ;;
+    TABLE="--classical-samples 10 --baseline-options-json {\"pde-fit\":{\"reg\":\"tikhonov\"},\"interp-solve\":{\"method\":\"linear\"}}" ;;
   burgers)
     TASKS="joint"
     # as the forward task of the others: scored at 500 and 31 sensors, the step correction
     # above consistency_sigma_max (a first sweep at 500 sensors, weights 10 and 100 with
     # consistency_steps 0 or 20 at every step, chose 20 at every step: 85 % error at 3 %)
     TUNE_JOINT="--points 500 31 --weights 10 30 100 --grid consistency_sigma_max=0.03,0.1,1000 --set consistency_steps=20 --set consistency_lr=0.05"
-    TABLE="--tasks joint --dp-samples 0" ;;
+    TABLE="--tasks joint" ;;
   *) echo "unknown family $F" >&2; exit 2 ;;
 esac
 
@@ -84,11 +91,18 @@ for stage in $STAGES; do
         python benchmarks/tune_guidance.py --model "$CKPT" --data "$RUNS/${NAME}_val.nc" \
           --tasks "$task" --samples 3 --members 8 --threads 1 --preset joint --weights 1 10 30 100 \
           --out "benchmarks/results/tune_guidance_${NAME}_${task}_joint.json"
+        if [[ -n $TUNE_DP ]]; then
+          # shellcheck disable=SC2086
+          python benchmarks/tune_guidance.py --model "$CKPT" --data "$RUNS/${NAME}_val.nc" \
+            --tasks "$task" --samples 2 --members 1 --threads 1 --preset diffusionpde $TUNE_DP \
+            --out "benchmarks/results/tune_guidance_${NAME}_${task}_diffusionpde.json"
+        fi
       done ;;
     table)
       # shellcheck disable=SC2086
       python benchmarks/solver_table.py --model "$CKPT" --data "$RUNS/${NAME}_test.nc" \
-        --family "$F" --samples "${TABLE_SAMPLES:-100}" --members 8 --threads 1 --resume $TABLE ${TABLE_EXTRA:-} \
+        --family "$F" --samples "${TABLE_SAMPLES:-100}" --members 8 --threads 1 --resume \
+        --dp-samples "$DP_SAMPLES" --dp-members 1 $TABLE ${TABLE_EXTRA:-} \
         --out "benchmarks/results/solver_table_${NAME}.json" ;;
     export)
       metrics=()
