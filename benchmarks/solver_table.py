@@ -24,10 +24,11 @@ them).  Each call writes its table (JSON + CSV, after every sample) into the fol
 ``OUT_STEM/`` beside ``--out``, named ``TASK_SENSORS_ROW.json``; ``--resume`` skips the parts
 whose table is complete and was made with the same settings, continues those that only have
 fewer samples done (interrupted, or ``--samples`` raised: ``evaluate(resume=True)``), and
-reruns the others.  After
-every part the summary ``--out`` is rewritten (command, machine, settings, protocol
-overrides, the resolved protocol of every part, and one row per (sensors, method)), and at
-the end the table is printed as markdown.
+reruns the others.  After every part the summary ``--out`` is rewritten (command, machine,
+settings, protocol overrides, the resolved protocol of every part, and one row per
+(sensors, method)), and at the end the table is printed as markdown.  With ``--resume`` the
+summary also keeps the parts of the earlier summary that this call does not run (status
+``kept``), so ``--rows diffusionpde`` adds that row to a table instead of replacing it.
 
 NFE is the number of denoiser evaluations per member (a batch of members counts once):
 the sampler's (Heun: ``2 steps - 1``; Euler, DPM-Solver++(2M): ``steps``) plus one per
@@ -197,6 +198,22 @@ def run_part(
     return json.loads(path.read_text()), status
 
 
+def kept_parts(out: Path, redone: set[str], resume: bool) -> dict[str, dict]:
+    """With ``resume``, the parts of the summary at ``out`` that this run does not redo
+    (other rows, tasks or sensor settings), re-read from their tables, so that a run of
+    some rows (``--rows diffusionpde``) keeps the others in the summary."""
+    if not resume or not out.is_file():
+        return {}
+    kept = {}
+    for name, part in json.loads(out.read_text()).get("parts", {}).items():
+        if name in redone or not Path(part["table"]).is_file():
+            continue
+        doc = json.loads(Path(part["table"]).read_text())
+        kept[name] = {**part, "status": "kept", "complete": doc["complete"]}
+        kept[name].update(summary=doc["summary"], protocol=stored_protocol(doc["protocol"]))
+    return kept
+
+
 def check_outputs(paths: Sequence[Path], resume: bool, overwrite: bool) -> None:
     """Refuse to start when a table would be replaced without --resume or --overwrite."""
     if resume or overwrite:
@@ -296,8 +313,9 @@ def part_kwargs(part: Mapping, args: argparse.Namespace, overrides: Mapping) -> 
 
 
 def table_rows(done: Sequence[dict], spec) -> list[dict]:
-    """One row per (sensors, row) of the finished parts: per task the scores of the field
-    it infers, the seconds per sample, NFE and the number of samples."""
+    """One row per (sensors, row) of the finished parts (sensor settings in order of
+    appearance, rows in :data:`ROWS` order): per task the scores of the field it infers,
+    the seconds per sample, NFE and the number of samples."""
     rows: dict[tuple[str, str], dict] = {}
     for part in done:
         key = (part["sensors"], part["row"])
@@ -315,7 +333,8 @@ def table_rows(done: Sequence[dict], spec) -> list[dict]:
         entry["nfe"] = nfe(part["protocol"])["total"] if method == "diffusion" else None
         entry["complete"] = part["complete"]
         row[part["task"]] = entry
-    return list(rows.values())
+    sensors = list(dict.fromkeys(s for s, _ in rows))
+    return [rows[k] for k in sorted(rows, key=lambda k: (sensors.index(k[0]), ROWS.index(k[1])))]
 
 
 SHORT = {"forward": "fwd", "inverse": "inv", "joint": "joint"}
@@ -456,13 +475,13 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {k: v for k, v in vars(args).items() if k not in ("progress",)},
         "protocol_overrides": {p: overrides[p] for p in PRESETS},
         "threads": torch.get_num_threads(),
-        "parts": {},
+        "parts": kept_parts(out, {p.stem for p in paths}, args.resume),
         "rows": [],
     }
-    done = []
-    for part, path in zip(todo, paths, strict=True):
+    done = list(result["parts"].values())
+    for i, (part, path) in enumerate(zip(todo, paths, strict=True), 1):
         name = path.stem
-        print(f"[{len(done) + 1}/{len(todo)}] {name}", flush=True)
+        print(f"[{i}/{len(todo)}] {name}", flush=True)
         try:
             doc, status = run_part(
                 path,

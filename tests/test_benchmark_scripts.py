@@ -90,6 +90,13 @@ def test_solver_table(checkpoint, data, fno_dirs, tmp_path, capsys, load_benchma
     again = solver_table.main([*argv, "--resume"])
     assert {p["status"] for p in again["parts"].values()} == {"reused"}
     assert again["rows"] == result["rows"]
+    # a call with some rows keeps the others in the summary, in the same order
+    some = solver_table.main([*argv, "--resume", "--rows", "classical", "--sensors", "10"])
+    status = {name: p["status"] for name, p in some["parts"].items()}
+    assert status.pop("forward_p10_classical") == status.pop("inverse_p10_classical") == "reused"
+    assert set(status.values()) == {"kept"} and len(status) == 18
+    assert some["rows"] == result["rows"]
+    assert json.loads(out.read_text())["rows"] == result["rows"]
     # more samples: each part continues from the samples it has (the 2000-step row, capped
     # at --dp-samples 1, is complete already)
     more = list(argv)
