@@ -57,8 +57,14 @@ import torch
 
 from pdediff.errors import PdediffError
 from pdediff.io.store import open_fields
-from pdediff.solve.api import PRESETS, resolve_protocol, task_fields
-from pdediff.solve.evaluate import BASELINE_FAMILIES, evaluate, stored_protocol, table_paths
+from pdediff.solve.api import PRESETS, observed_points, resolve_protocol, task_fields
+from pdediff.solve.evaluate import (
+    BASELINE_FAMILIES,
+    draw_observations,
+    evaluate,
+    stored_protocol,
+    table_paths,
+)
 from pdediff.train import read_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -146,8 +152,12 @@ def _normal(x: Any) -> Any:
 
 
 def expected_meta(model: str, data: str, kwargs: Mapping) -> dict:
-    """The settings an evaluation table made with ``kwargs`` records (see :data:`MATCHED`)."""
-    protocol = resolve_protocol(model, kwargs["preset"], kwargs["task"], kwargs["protocol"])
+    """The settings an evaluation table made with ``kwargs`` records (see :data:`MATCHED`);
+    its protocol as resolved for the number of points each field is observed at."""
+    draw = {k: kwargs[k] for k in ("points", "fraction", "noise_std")}
+    spec = read_checkpoint(model).fieldspec
+    seen = observed_points(draw_observations(open_fields(data), spec, kwargs["task"], 0, **draw))
+    protocol = resolve_protocol(model, kwargs["preset"], kwargs["task"], kwargs["protocol"], seen)
     return _normal(
         {
             "task": kwargs["task"],

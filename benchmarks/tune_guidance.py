@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from pdediff.io.store import atomic_path
-from pdediff.solve.api import GUIDANCE_FILE, model_guidance, task_fields
+from pdediff.solve.api import BY_POINTS, GUIDANCE_FILE, model_guidance, task_fields
 from pdediff.solve.evaluate import evaluate
 from pdediff.train import read_checkpoint
 
@@ -170,13 +170,16 @@ def write_guidance(
     fixed: dict | None = None,
 ) -> Path:
     """Store each task's best settings, the ``fixed`` ones (and ``steps``, when the sweep
-    set them)."""
+    set them); a sweep at several sensor counts also stores the best settings at each
+    count (``by_points``, applied by :func:`pdediff.solve.api.model_guidance`)."""
     path = model / GUIDANCE_FILE
     stored = json.loads(path.read_text()) if path.is_file() else {}
     for task, b in best.items():
         chosen = b.get("settings", {"default_obs_weight": b["weight"]})
         entry = {**model_guidance(model, preset, task), **(fixed or {}), **chosen}
-        stored.setdefault(preset, {})[task] = entry | ({"steps": steps} if steps else {})
+        entry |= {"steps": steps} if steps else {}
+        per_count = best_per_count(record["sweeps"][task]["points"])
+        stored.setdefault(preset, {})[task] = entry | ({BY_POINTS: per_count} if per_count else {})
     for task in best:  # each task (and preset) keeps the sweep that chose its weight
         key = task if preset == "pdediff" else f"{task} ({preset})"
         stored.setdefault("tuning", {})[key] = {
@@ -188,6 +191,13 @@ def write_guidance(
     with atomic_path(path, overwrite=True) as tmp:
         tmp.write_text(json.dumps(stored, indent=1) + "\n")
     return path
+
+
+def best_per_count(points: list[dict]) -> dict[str, dict]:
+    """``count -> settings`` of the best point at each sensor count of a sweep scored at
+    several (empty for one count)."""
+    counts = list(points[0].get("per_points") or {}) if points else []
+    return {n: min(points, key=lambda p: p["per_points"][n]["score"])["settings"] for n in counts}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -249,3 +249,23 @@ def test_tune_guidance_scores_several_sensor_counts(
     assert [p["score"] for p in points] == pytest.approx([math.sqrt(0.009), math.sqrt(0.006)])
     assert points[1]["per_points"]["3"]["score"] == 0.3
     assert record["sweeps"]["inverse"]["best"]["weight"] == 5.0
+
+    # written: the overall best, and the best at each count for solves near that count
+    import shutil
+
+    from pdediff.solve.api import resolve_protocol
+
+    model = tmp_path / "model"
+    shutil.copytree(checkpoint, model)
+    argv[argv.index(str(checkpoint))] = str(model)
+    argv.remove("--dry-run")
+    tune.main([*argv, "--out", str(tmp_path / "tune2.json")])
+    stored = json.loads((model / "guidance.json").read_text())["pdediff"]["inverse"]
+    assert stored["by_points"] == {
+        "6": {"default_obs_weight": 1.0},
+        "3": {"default_obs_weight": 5.0},
+    }
+    weight = {n: resolve_protocol(model, "pdediff", "inverse", points=n).default_obs_weight
+              for n in (None, 2, 3, 4, 5, 6, 100)}  # fmt: skip
+    # nearest in ratio: 4 < sqrt(18) = 4.24 < 5
+    assert weight == {None: 5.0, 2: 5.0, 3: 5.0, 4: 5.0, 5: 1.0, 6: 1.0, 100: 1.0}

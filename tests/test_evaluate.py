@@ -232,6 +232,23 @@ def test_resume_continues_a_table_and_equals_a_fresh_run(checkpoint, test_set, t
     assert new.meta["samples_done"] == 1 and "resumed" not in new.meta
 
 
+def test_table_protocol_is_the_one_tuned_for_its_sensor_count(checkpoint, test_set, tmp_path):
+    """A model tuned at several sensor counts (``by_points`` in guidance.json): the table
+    records the settings of the count nearest to the draw's (each sample's solve resolves
+    the same ones, tested in test_solve)."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(checkpoint, model)
+    entry = {"default_obs_weight": 7.0, "by_points": {"10": {"steps": 2}, "40": {"steps": 4}}}
+    (model / "guidance.json").write_text(json.dumps({"pdediff": {"inverse": entry}}))
+    kw = {**FAST, "task": "inverse", "samples": 1, "protocol": {}}
+    for where, steps in ((dict(points=12), 2), (dict(points=None, fraction=0.5), 4)):
+        table = evaluate(model, test_set, **(kw | where))
+        assert table.meta["protocol"]["steps"] == steps
+        assert table.meta["protocol"]["default_obs_weight"] == 7.0
+
+
 def test_cli_end_to_end(checkpoint, test_set, tmp_path, capsys):
     data = write_fields(test_set, tmp_path / "test.nc")
     out = tmp_path / "table.json"

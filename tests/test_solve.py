@@ -268,6 +268,17 @@ def test_model_guidance_file_and_presets(checkpoint, darcy, tmp_path):
     assert json.loads(ds.attrs["protocol"])["steps"] == 3
     ds = solve(model, obs, task="inverse", members=2, preset="joint", protocol={"steps": 2})
     assert ds.attrs["solver"] == "none"
+    # settings tuned at several sensor counts: the solve takes those of the nearest count
+    by_points = {"6": {"steps": 2}, "40": {"steps": 4}}
+    entry = {"inverse": {"steps": 3, "by_points": by_points}}
+    (model / "guidance.json").write_text(json.dumps({"pdediff": entry}))
+    assert resolve_protocol(model, "pdediff", "inverse").steps == 3
+    assert resolve_protocol(model, "pdediff", "inverse", points=20).steps == 4
+    ds = solve(model, obs, task="inverse", members=2, progress=False)
+    assert json.loads(ds.attrs["protocol"])["steps"] == 2
+    more, _ = observations_from_truth(darcy.isel(sample=[3]), ["u"], count=30, seed=0)
+    ds = solve(model, more, task="inverse", members=2, progress=False)
+    assert json.loads(ds.attrs["protocol"])["steps"] == 4
     (model / "guidance.json").write_text(json.dumps({"pdediff": {"inverse": {"stepz": 3}}}))
     with pytest.raises(PdediffError, match=r"unknown protocol setting\(s\) \['stepz'\]"):
         resolve_protocol(model, "pdediff", "inverse")

@@ -12,6 +12,7 @@ with experts, ``experts`` and ``main_weight``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -44,14 +45,26 @@ PRESETS: dict[str, Protocol] = {
     "diffusionpde": DIFFUSIONPDE,
 }
 #: File in a model directory: ``{preset: {task: {protocol field: value}}}``, the weights
-#: tuned for that model (written by whoever tuned them, with how, in the model card).
+#: tuned for that model (written by whoever tuned them, with how, in the model card).  A
+#: task's entry may hold ``"by_points": {"500": {...}, "31": {...}}``: settings tuned at
+#: those numbers of observed points per field, applied on top of the entry by
+#: :func:`model_guidance` for the count nearest (in ratio) to the observations at hand.
 GUIDANCE_FILE = "guidance.json"
+BY_POINTS = "by_points"
 MEMBER_DIM = "member"
 
 
-def model_guidance(checkpoint: str | os.PathLike, preset: str, task: str) -> dict:
+def model_guidance(
+    checkpoint: str | os.PathLike, preset: str, task: str, points: float | None = None
+) -> dict:
     """The protocol overrides that ``checkpoint``'s ``guidance.json`` stores for
-    ``preset`` and ``task`` (empty without the file)."""
+    ``preset`` and ``task`` (empty without the file).
+
+    ``points``: observed points per field (:func:`observed_points`).  Where the entry was
+    tuned at several counts (``by_points``), the settings of the count nearest to
+    ``points`` in ratio, :math:`\\arg\\min_n |\\log(n / \\mathrm{points})|`, override the
+    entry's (which scored best over all counts together); without ``points``, the entry.
+    """
     path = Path(checkpoint) / GUIDANCE_FILE
     if not path.is_file():
         return {}
@@ -59,18 +72,34 @@ def model_guidance(checkpoint: str | os.PathLike, preset: str, task: str) -> dic
         stored = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise PdediffError(f"{path} is not valid JSON ({e}); fix or delete it") from None
-    return dict(stored.get(preset, {}).get(task, {}))
+    entry = dict(stored.get(preset, {}).get(task, {}))
+    by_points = entry.pop(BY_POINTS, None)
+    if by_points and points is not None and points > 0:
+        nearest = min(by_points, key=lambda n: abs(math.log(float(n) / points)))
+        entry.update(by_points[nearest])
+    return entry
+
+
+def observed_points(obs: Observations) -> float:
+    """Observed values per observed field (the ``points`` of :func:`model_guidance`)."""
+    sizes = [f.size for f in obs.fields.values() if f.size]
+    return sum(sizes) / len(sizes) if sizes else 0.0
 
 
 def resolve_protocol(
-    checkpoint: str | os.PathLike, preset: str, task: str, overrides: Mapping | None = None
+    checkpoint: str | os.PathLike,
+    preset: str,
+    task: str,
+    overrides: Mapping | None = None,
+    points: float | None = None,
 ) -> Protocol:
-    """``PRESETS[preset]``, then the model's :func:`model_guidance`, then ``overrides``
-    (``None`` values ignored)."""
+    """``PRESETS[preset]``, then the model's :func:`model_guidance` (for ``points``
+    observed per field), then ``overrides`` (``None`` values ignored)."""
     if preset not in PRESETS:
         raise PdediffError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
     known = {f.name for f in fields(Protocol)}
-    stored, given = model_guidance(checkpoint, preset, task), dict(overrides or {})
+    stored = model_guidance(checkpoint, preset, task, points)
+    given = dict(overrides or {})
     unknown = sorted((set(stored) | set(given)) - known)
     if unknown:
         raise PdediffError(f"unknown protocol setting(s) {unknown}; known: {sorted(known)}")
@@ -285,19 +314,19 @@ def solve(
 
     from pdediff.train import load_checkpoint
 
-    proto = resolve_protocol(checkpoint, preset, task, protocol)
-    if not use_pde:
-        proto = replace(proto, pde_weight=0.0)
     denoiser, spec, config = load_checkpoint(checkpoint)
     if config.cascade.stage != "base":
         raise PdediffError(
             f"{checkpoint} is a {config.cascade.stage!r} cascade stage: it needs the stage "
             "below it; use `pdediff solve-cascade --stages BASE ... {checkpoint}`"
         )
-    cond = model_condition(spec, condition, proto.cfg_weight, f"model {checkpoint}")
     if not isinstance(observations, Observations):
         observations = read_observations(observations)
     obs = select_task(observations, spec, task)
+    proto = resolve_protocol(checkpoint, preset, task, protocol, observed_points(obs))
+    if not use_pde:
+        proto = replace(proto, pde_weight=0.0)
+    cond = model_condition(spec, condition, proto.cfg_weight, f"model {checkpoint}")
     model = build_operator(obs, spec, normalised=True)
     family = model_family(spec, condition)
     params = condition_params(family, spec, condition)

@@ -65,6 +65,7 @@ from pdediff.solve.api import (
     TASKS,
     condition_params,
     model_family,
+    observed_points,
     resolve_protocol,
     select_task,
 )
@@ -864,7 +865,8 @@ def evaluate(
     if out is not None:
         _check_output(out, overwrite or resume)
     draw = {"points": points, "fraction": fraction, "noise_std": noise_std, "layout": layout}
-    result = Evaluation(meta=_meta(ctx, where, methods, indices, seed, draw, command))
+    seen = observed_points(draw_observations(ds, ctx.spec, task, indices[0], seed, **draw))
+    result = Evaluation(meta=_meta(ctx, where, methods, indices, seed, draw, command, seen))
     if resume and out is not None and table_paths(out)[0].is_file():
         _resume(result, table_paths(out)[0])
     done = result.meta["samples_done"]
@@ -952,7 +954,9 @@ def _meta(
     seed: int,
     draw: Mapping[str, Any],
     command: str | None,
+    seen: float,
 ) -> dict[str, Any]:
+    """The table's settings; ``protocol`` as resolved for ``seen`` points per field."""
     return {
         "command": command,
         "model": ctx.checkpoint,
@@ -965,7 +969,9 @@ def _meta(
         **{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in draw.items()},
         "members": ctx.members,
         "preset": ctx.preset,
-        "protocol": resolve_protocol(ctx.checkpoint, ctx.preset, ctx.task, ctx.protocol).to_dict(),
+        "protocol": resolve_protocol(
+            ctx.checkpoint, ctx.preset, ctx.task, ctx.protocol, seen
+        ).to_dict(),
         "use_pde": ctx.use_pde,
         "baseline_options": ctx.options,
         "coverage_level": COVERAGE_LEVEL,
