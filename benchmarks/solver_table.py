@@ -396,6 +396,65 @@ def format_table(rows: Sequence[dict], spec) -> str:
     return markdown(header, lines)
 
 
+def _sample_scores(part: Mapping, field: str, metric: str) -> dict[int, float]:
+    """``sample -> metric`` of the inferred ``field`` in a part's table (failed rows out)."""
+    rows = json.loads(Path(part["table"]).read_text())["rows"]
+    return {r["sample"]: r[metric] for r in rows if r["field"] == field and r[metric] is not None}
+
+
+def paired(done: Sequence[dict], spec) -> list[dict]:
+    """Every row against ``pdediff`` on the samples both have (same sensors): the error
+    (error rate where the field has one, else relative L2) of each, their mean
+    difference ``other - pdediff`` with its standard error, and on how many samples
+    pdediff is better.  The ``diffusionpde`` row draws single samples, so it is compared
+    with pdediff's single members (``*_member``) too."""
+    parts = {(p["task"], p["sensors"], p["row"]): p for p in done}
+    out = []
+    for (task, sensors, row), part in parts.items():
+        ref = parts.get((task, sensors, "pdediff"))
+        if row == "pdediff" or ref is None:
+            continue
+        field = task_fields(spec, part["task"])[1][0]
+        rate = stat(ref["summary"], "diffusion", field, "error_rate_mean") is not None
+        name = "error_rate" if rate else "rel_l2"
+        for kind in ["mean", "member"] if row == "diffusionpde" else ["mean"]:
+            metric = f"{name}_{kind}"
+            mine = _sample_scores(ref, field, metric)
+            theirs = _sample_scores(part, field, f"{name}_mean")
+            common = sorted(set(mine) & set(theirs))
+            if not common:
+                continue
+            diff = [theirs[i] - mine[i] for i in common]
+            n = len(diff)
+            mean = sum(diff) / n
+            se = math.sqrt(sum((d - mean) ** 2 for d in diff) / (n - 1) / n) if n > 1 else None
+            out.append({
+                "task": task, "sensors": sensors, "sensor_label": part["sensor_label"],
+                "row": row, "method": part["methods"][0], "field": field, "metric": metric,
+                "n": n, "pdediff": sum(mine[i] for i in common) / n,
+                "other": sum(theirs[i] for i in common) / n, "difference": mean,
+                "difference_se": se, "pdediff_better": sum(d > 0 for d in diff),
+            })  # fmt: skip
+    return out
+
+
+def format_paired(pairs: Sequence[dict]) -> str:
+    """The paired comparisons as markdown, errors in %."""
+    header = ["task", "sensors", "row", "field, metric", "n", "pdediff %", "row %"]
+    header += ["row - pdediff (points)", "pdediff better"]
+    lines = []
+    for q in pairs:
+        diff = f"{100 * q['difference']:+.2f}"
+        if q["difference_se"] is not None:
+            diff += f" ± {100 * q['difference_se']:.2f}"
+        lines.append([
+            q["task"], q["sensor_label"], q["row"], f"{q['field']}, {q['metric']}", str(q["n"]),
+            f"{100 * q['pdediff']:.3g}", f"{100 * q['other']:.3g}", diff,
+            f"{q['pdediff_better']} of {q['n']}",
+        ])  # fmt: skip
+    return markdown(header, lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="checkpoint directory")
@@ -518,7 +577,10 @@ def main(argv: list[str] | None = None) -> dict:
         result["parts"][name] = part
         result["rows"] = table_rows(done, spec)
         save(result, out)
+    result["paired"] = paired(done, spec)
     table = format_table(result["rows"], spec)
+    table += "\n\nPaired with pdediff on the same samples and sensors:\n\n"
+    table += format_paired(result["paired"])
     result["markdown"] = table
     save(result, out)
     print("\n" + table)

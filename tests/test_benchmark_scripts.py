@@ -83,6 +83,14 @@ def test_solver_table(checkpoint, data, fno_dirs, tmp_path, capsys, load_benchma
     assert by_row[("p10", "fno")]["forward"]["method"] == "fno"
     assert by_row[("p10", "classical")]["forward"]["method"] == "interp-solve"
     assert "diffusion (joint)" in printed and "fno" in printed
+    # every row paired with pdediff on their common samples, the 2000-step row twice
+    pairs = {(q["task"], q["sensors"], q["row"], q["metric"]): q for q in doc["paired"]}
+    assert len(pairs) == 2 * 2 * (4 + 1)
+    q = pairs[("inverse", "p10", "classical", "error_rate_mean")]
+    assert q["n"] == 2 and q["method"] == "pde-fit" and 0 <= q["pdediff_better"] <= 2
+    assert q["difference"] == pytest.approx(q["other"] - q["pdediff"])
+    assert pairs[("forward", "f0.2", "diffusionpde", "rel_l2_member")]["n"] == 1
+    assert "Paired with pdediff" in printed
 
     # existing tables: refused without --resume; --resume reuses them all
     with pytest.raises(SystemExit, match="--resume"):

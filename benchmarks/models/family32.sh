@@ -9,6 +9,7 @@
 # and the results under benchmarks/results/ name what was run.  Run from the repository
 # root with pdediff installed.  Costs on the 2-core CPU are in benchmarks/models/README.md.
 # TABLE_SAMPLES: test samples of the table (default 100; the first tables had 20).
+# The sweeps keep their measured points (--resume), so the tune stage only runs new ones.
 # TABLE_EXTRA: more options of solver_table.py (e.g. "--rows pdediff joint classical" first,
 # the 2000-step diffusionpde rows later: the table's --resume keeps the parts done).
 set -euo pipefail
@@ -86,18 +87,18 @@ for stage in $STAGES; do
         grid_var="TUNE_${task^^}"
         # shellcheck disable=SC2086
         python benchmarks/tune_guidance.py --model "$CKPT" --data "$RUNS/${NAME}_val.nc" \
-          --tasks "$task" --samples 3 --members 8 --threads 1 ${!grid_var} \
+          --tasks "$task" --samples 3 --members 8 --threads 1 ${!grid_var} --resume \
           --out "benchmarks/results/tune_guidance_${NAME}_${task}.json"
         # the joint preset (both fields sampled, observation + PDE residual terms): its
         # default weight (1000) overshoots on these models
         python benchmarks/tune_guidance.py --model "$CKPT" --data "$RUNS/${NAME}_val.nc" \
           --tasks "$task" --samples 3 --members 8 --threads 1 --preset joint --weights 1 10 30 100 \
-          --out "benchmarks/results/tune_guidance_${NAME}_${task}_joint.json"
+          --resume --out "benchmarks/results/tune_guidance_${NAME}_${task}_joint.json"
         if [[ -n $TUNE_DP ]]; then
           # shellcheck disable=SC2086
           python benchmarks/tune_guidance.py --model "$CKPT" --data "$RUNS/${NAME}_val.nc" \
             --tasks "$task" --samples 2 --members 1 --threads 1 --preset diffusionpde $TUNE_DP \
-            --out "benchmarks/results/tune_guidance_${NAME}_${task}_diffusionpde.json"
+            --resume --out "benchmarks/results/tune_guidance_${NAME}_${task}_diffusionpde.json"
         fi
       done ;;
     table)
