@@ -57,11 +57,11 @@ import torch
 
 from pdediff.errors import PdediffError
 from pdediff.io.store import open_fields
-from pdediff.solve.api import PRESETS, observed_points, resolve_protocol, task_fields
+from pdediff.solve.api import PRESETS, resolve_protocol, task_fields
 from pdediff.solve.evaluate import (
     BASELINE_FAMILIES,
-    draw_observations,
     evaluate,
+    observed_count,
     stored_protocol,
     table_paths,
 )
@@ -156,7 +156,7 @@ def expected_meta(model: str, data: str, kwargs: Mapping) -> dict:
     its protocol as resolved for the number of points each field is observed at."""
     draw = {k: kwargs[k] for k in ("points", "fraction", "noise_std")}
     spec = read_checkpoint(model).fieldspec
-    seen = observed_points(draw_observations(open_fields(data), spec, kwargs["task"], 0, **draw))
+    seen = observed_count(open_fields(data), spec, kwargs["task"], **draw)
     protocol = resolve_protocol(model, kwargs["preset"], kwargs["task"], kwargs["protocol"], seen)
     return _normal(
         {

@@ -78,6 +78,7 @@ __all__ = [
     "check_methods",
     "draw_observations",
     "evaluate",
+    "observed_count",
     "sample_seeds",
 ]
 
@@ -164,6 +165,13 @@ def draw_observations(
         sample=index,
     )
     return select_task(obs, spec, task)
+
+
+def observed_count(ds: xr.Dataset, spec: FieldSpec, task: str, **draw: Any) -> float:
+    """Observed points per field of ``task`` in the draws of ``draw`` (the keyword
+    arguments of :func:`draw_observations`; the same count for every sample): the
+    ``points`` for which :func:`~pdediff.solve.api.model_guidance` picks settings."""
+    return observed_points(draw_observations(ds, spec, task, 0, **draw))
 
 
 def _open(data: str | os.PathLike | xr.Dataset) -> tuple[xr.Dataset, str]:
@@ -865,7 +873,7 @@ def evaluate(
     if out is not None:
         _check_output(out, overwrite or resume)
     draw = {"points": points, "fraction": fraction, "noise_std": noise_std, "layout": layout}
-    seen = observed_points(draw_observations(ds, ctx.spec, task, indices[0], seed, **draw))
+    seen = observed_count(ds, ctx.spec, task, **draw)
     result = Evaluation(meta=_meta(ctx, where, methods, indices, seed, draw, command, seen))
     if resume and out is not None and table_paths(out)[0].is_file():
         _resume(result, table_paths(out)[0])
