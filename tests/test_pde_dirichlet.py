@@ -146,6 +146,34 @@ def test_stencil_matches_sparse_matrix() -> None:
     assert abs(matrix - matrix.T).max() == 0.0
 
 
+@pytest.mark.parametrize("shape", [(9, 9), (7, 12), (13, 6)])
+def test_band_cholesky_is_the_sparse_lu_solve(shape, monkeypatch) -> None:
+    """Darcy's band Cholesky solves the same system as the sparse LU (both transposes), on
+    square and non-square grids, and the size switch falls back to the sparse LU."""
+    grid = Grid({"y": np.linspace(0.0, 0.8, shape[0]), "x": np.linspace(0.0, 1.1, shape[1])})
+    hy, hx = grid.spacing("y"), grid.spacing("x")
+    rng = np.random.default_rng(2)
+    c = np.where(rng.random(grid.shape) > 0.5, 12.0, 3.0) * rng.uniform(0.5, 2.0, grid.shape)
+    rhs = rng.standard_normal(grid.shape)
+    lu = _dirichlet.factor(_dirichlet.neg_div_c_grad_matrix(c, hy, hx))
+    band = _dirichlet.neg_div_c_grad_factor(c, hy, hx)
+    assert isinstance(band, _dirichlet.BandedCholesky)
+    for trans in ("N", "T"):
+        want = _dirichlet.solve_factored(lu, rhs, trans)
+        got = _dirichlet.solve_factored(band, rhs, trans)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14 * np.abs(want).max())
+        assert not got[[0, -1], :].any() and not got[:, [0, -1]].any()
+    monkeypatch.setattr(_dirichlet, "BAND_MAX", min(shape) - 3)
+    assert not isinstance(_dirichlet.neg_div_c_grad_factor(c, hy, hx), _dirichlet.BandedCholesky)
+
+
+def test_band_cholesky_refuses_an_indefinite_operator() -> None:
+    c = np.ones((8, 8))
+    c[3:5, 3:5] = -5.0
+    with pytest.raises(PDEError, match="not positive definite"):
+        _dirichlet.neg_div_c_grad_factor(c, 0.1, 0.1)
+
+
 @pytest.mark.parametrize("n", [64, 128])
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_residual_of_reference_solution_is_round_off(name: str, n: int) -> None:

@@ -7,8 +7,9 @@ Darcy, Poisson and Helmholtz are all a linear system on the interior nodes ``I``
 * Poisson: ``A u_I = -a_I`` with ``A = -lap``;
 * Helmholtz: ``A u_I = -a_I`` with ``A = -lap - k^2``.
 
-:func:`solve_torch` runs the reference sparse LU on each batch member in float64 and gives
-the exact gradient of the *discrete* solution by the adjoint method.  For a loss ``J(u)``
+:func:`solve_torch` runs the reference direct solve (band Cholesky of Darcy's SPD matrix,
+the cached sparse LU of Poisson / Helmholtz) on each batch member in float64 and gives the
+exact gradient of the *discrete* solution by the adjoint method.  For a loss ``J(u)``
 with ``r = dJ/du``, differentiating ``A du = db - dA u`` gives
 
     dJ = r^T du = p^T (db - dA u),        where   A^T p = r          (one adjoint solve).
@@ -60,36 +61,43 @@ def linear_system(
     ``A`` is the sparse matrix of the family's reference solver, ``b`` a full-grid array
     whose interior is the right-hand side.  ``p`` are the family's full parameters.
     """
-    return _system(fam, a, grid, p)[:2]
+    hy, hx = _setup(fam, a, grid, p)
+    if fam.name == "darcy":
+        return _dirichlet.neg_div_c_grad_matrix(a, hy, hx), np.full(grid.shape, p["f"])
+    return _shifted(fam, grid, hy, hx, p)[0], -a
 
 
 def state(fam: PDEFamily, a: Array, grid: Grid, p: Mapping[str, float]) -> tuple[Array, Any]:
-    """``u(a)`` on the full grid and the LU factors of ``A`` (reused by the adjoint solve).
+    """``u(a)`` on the full grid and the factors of ``A`` (reused by the adjoint solve).
 
-    Poisson's and Helmholtz's ``A`` does not depend on ``a``: its factors are computed once
-    per grid and ``k`` and shared by every later call, so a solve costs two triangular
-    solves; Darcy's ``A(a)`` is factored for every ``a``.
+    Poisson's and Helmholtz's ``A`` does not depend on ``a``: its LU factors are computed
+    once per grid and ``k`` and shared by every later call, so a solve costs two triangular
+    solves; Darcy's ``A(a)`` (symmetric positive definite) is factored for every ``a``
+    (:func:`pdediff.pde._dirichlet.neg_div_c_grad_factor`).
     """
-    matrix, rhs, lu = _system(fam, a, grid, p)
-    lu = _dirichlet.factor(matrix) if lu is None else lu
-    u = np.zeros(grid.shape)
-    u[1:-1, 1:-1] = lu.solve(rhs[1:-1, 1:-1].ravel()).reshape(u[1:-1, 1:-1].shape)
-    return u, lu
+    hy, hx = _setup(fam, a, grid, p)
+    if fam.name == "darcy":
+        lu, rhs = _dirichlet.neg_div_c_grad_factor(a, hy, hx), np.full(grid.shape, p["f"])
+    else:
+        lu, rhs = _shifted(fam, grid, hy, hx, p)[1], -a
+    return _dirichlet.solve_factored(lu, rhs), lu
 
 
-def _system(fam: PDEFamily, a: Array, grid: Grid, p: Mapping[str, float]):
-    """``(A, b, LU of A or None)``: see :func:`linear_system` and :func:`state`."""
+def _setup(fam: PDEFamily, a: Array, grid: Grid, p: Mapping[str, float]) -> tuple[float, float]:
+    """``(hy, hx)`` after the checks of the family, grid and coefficient."""
     _check_family(fam)
     hy, hx = _dirichlet.spacing(grid, fam.min_resolution)
-    if fam.name == "darcy":
-        if np.any(a <= 0.0):
-            raise PDEError(f"permeability must be positive, min is {a.min():.6g}")
-        return _dirichlet.neg_div_c_grad_matrix(a, hy, hx), np.full(grid.shape, p["f"]), None
-    k = p["k"] if fam.name == "helmholtz" else 0.0
+    if fam.name == "darcy" and np.any(a <= 0.0):
+        raise PDEError(f"permeability must be positive, min is {a.min():.6g}")
     if fam.name == "helmholtz":
-        helmholtz._check_not_resonant(k, grid, hy, hx)
-    matrix, lu = _dirichlet.shifted_laplacian(grid.shape, hy, hx, k**2)
-    return matrix, -a, lu
+        helmholtz._check_not_resonant(p["k"], grid, hy, hx)
+    return hy, hx
+
+
+def _shifted(fam: PDEFamily, grid: Grid, hy: float, hx: float, p: Mapping[str, float]):
+    """The cached ``-lap - k^2`` (``k = 0`` for Poisson) and its LU factors."""
+    k = p["k"] if fam.name == "helmholtz" else 0.0
+    return _dirichlet.shifted_laplacian(grid.shape, hy, hx, k**2)
 
 
 def adjoint_gradient(fam: PDEFamily, u: Array, lu: Any, r: Array, hy: float, hx: float) -> Array:
@@ -98,8 +106,7 @@ def adjoint_gradient(fam: PDEFamily, u: Array, lu: Any, r: Array, hy: float, hx:
     ``r`` is ``dJ/du`` on the full grid; only its interior enters (``u`` is fixed on the
     boundary).
     """
-    p = np.zeros_like(u)
-    p[1:-1, 1:-1] = lu.solve(r[1:-1, 1:-1].ravel(), trans="T").reshape(p[1:-1, 1:-1].shape)
+    p = _dirichlet.solve_factored(lu, r, trans="T")
     if fam.name != "darcy":
         return -p  # db/da = -I on the interior, zero on the boundary (p = 0 there)
     # Each face contributes (du dp / h^2) / 2 to both of its nodes: the derivative of the
@@ -160,7 +167,8 @@ def solve_torch(
     -------
     torch.Tensor
         ``u`` of ``a``'s shape, dtype and device (zero on the boundary).  Each member costs
-        one sparse LU; its backward one more triangular solve with the same factors.
+        one factorisation (Darcy; Poisson and Helmholtz reuse cached factors); its backward
+        one more triangular solve with the same factors.
     """
     _check_family(family)
     p = family.params(params or {})

@@ -60,7 +60,7 @@ def _solve(a: Array, f: float | Array, grid: Grid) -> Array:
     if np.any(a <= 0.0):
         raise PDEError(f"permeability 'a' must be positive everywhere, min is {a.min():.6g}")
     rhs = np.broadcast_to(np.asarray(f, dtype=np.float64), grid.shape)
-    return _dirichlet.solve_interior(_dirichlet.neg_div_c_grad_matrix(a, hy, hx), rhs)
+    return _dirichlet.solve_factored(_dirichlet.neg_div_c_grad_factor(a, hy, hx), rhs)
 
 
 def solve(inputs: Mapping[str, Array], grid: Grid, params: Params) -> dict[str, Array]:

@@ -14,7 +14,7 @@ correction).  ``r`` is the family's finite-difference residual of the de-normali
 does not depend on the physical units.  Observation misfits are on the normalised fields.
 
 With ``Protocol.solver`` and a family that has a differentiable reference solver
-(``PDEFamily.solution_map``: Darcy, Poisson, Helmholtz by the sparse LU and its adjoint,
+(``PDEFamily.solution_map``: Darcy, Poisson, Helmholtz by the direct solve and its adjoint,
 :mod:`pdediff.pde.adjoint`; Navier-Stokes by its pseudo-spectral flow map) the solution is
 not sampled but computed: every estimate ``x0_hat`` is mapped to ``(a, u(a))`` with ``u(a)``
 the reference solution of its coefficient, so observations of ``u`` guide ``a`` through the
