@@ -277,3 +277,30 @@ def test_tune_guidance_scores_several_sensor_counts(
               for n in (None, 2, 3, 4, 5, 6, 100)}  # fmt: skip
     # nearest in ratio: 4 < sqrt(18) = 4.24 < 5
     assert weight == {None: 5.0, 2: 5.0, 3: 5.0, 4: 5.0, 5: 1.0, 6: 1.0, 100: 1.0}
+
+
+def test_factor_speed(tmp_path, load_benchmark):
+    out = tmp_path / "factor.json"
+    result = load_benchmark("factor_speed").main(
+        ["--resolutions", "9", "14", "--repeats", "1", "--out", str(out)]
+    )
+    assert json.loads(out.read_text())["rows"] == result["rows"]
+    assert [r["used"] for r in result["rows"]] == ["band", "band"]
+    assert all(r["max_difference"] < 1e-12 and r["band_ms"] > 0 for r in result["rows"])
+
+
+def test_fno_models_train_what_solver_table_loads(data, tmp_path, load_benchmark):
+    out, save = tmp_path / "fno.json", tmp_path / "fno"
+    argv = [
+        "--train", str(data), "--save", str(save), "--sensors", "10", "0.2", "--steps", "2",
+        "--width", "8", "--modes", "4", "--layers", "2", "--batch-size", "2", "--out", str(out),
+    ]  # fmt: skip
+    result = load_benchmark("fno_models").main(argv)
+    saved = {Path(r["model"]).name: (r["source"], r["target"]) for r in result["rows"]}
+    assert saved == {
+        "forward_p10": ("a", "u"), "inverse_p10": ("u", "a"),
+        "forward_f0.2": ("a", "u"), "inverse_f0.2": ("u", "a"),
+    }  # fmt: skip
+    assert all((save / name).is_dir() for name in saved)
+    again = load_benchmark("fno_models").main(argv)  # saved models are kept, not retrained
+    assert again["rows"] == result["rows"] == json.loads(out.read_text())["rows"]

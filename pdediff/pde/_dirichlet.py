@@ -217,16 +217,23 @@ class BandedCholesky:
 
 
 #: Widest interior row (``nx - 2``) factored by :class:`BandedCholesky`; above it the band
-#: fill (``n kd``) outgrows the sparse LU's and :func:`factor` is faster.
+#: fill (``n kd``) outgrows the sparse LU's.  One core (``benchmarks/factor_speed.py``):
+#: 0.23 vs 1.3 ms at 32^2, 2.5 vs 5.6 ms at 64^2, even at 96^2, 32 vs 28 ms at 128^2.
 BAND_MAX = 96
 
 
 def neg_div_c_grad_factor(c: Array, hy: float, hx: float) -> Factor:
     """The factors of :func:`neg_div_c_grad_matrix` ``(c, hy, hx)`` (``c > 0``): the band
-    Cholesky, built straight from the face weights, up to :data:`BAND_MAX` interior columns,
-    the sparse LU above."""
+    Cholesky (:func:`neg_div_c_grad_band`) up to :data:`BAND_MAX` interior columns, the
+    sparse LU above."""
     if c.shape[1] - 2 > BAND_MAX:
         return factor(neg_div_c_grad_matrix(c, hy, hx))
+    return neg_div_c_grad_band(c, hy, hx)
+
+
+def neg_div_c_grad_band(c: Array, hy: float, hx: float) -> BandedCholesky:
+    """The band Cholesky of :func:`neg_div_c_grad_matrix` ``(c, hy, hx)``, built straight
+    from the face weights (no sparse matrix)."""
     south, north, west, east = _face_weights(c, hy, hx)
     my, mx = south.shape
     band = np.zeros((mx + 1, my * mx))
