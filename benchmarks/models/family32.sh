@@ -4,8 +4,8 @@
 #   bash benchmarks/models/family32.sh FAMILY RUNS [STAGE...]
 #
 # FAMILY: poisson, helmholtz, burgers or navier_stokes; RUNS: a work folder (data and
-# checkpoints, not in git).  STAGE: any of data train tune table export (default: all, in
-# that order); each stage is one or a few commands, written here so that the model card
+# checkpoints, not in git).  STAGE: any of data train tune fno table export (default: all,
+# in that order); each stage is one or a few commands, written here so that the model card
 # and the results under benchmarks/results/ name what was run.  Run from the repository
 # root with pdediff installed.  Costs on the 2-core CPU are in benchmarks/models/README.md.
 # TABLE_SAMPLES: test samples of the table (default 100; the first tables had 20).
@@ -17,7 +17,7 @@ set -euo pipefail
 F=${1:?family}
 RUNS=${2:?work folder}
 shift 2
-STAGES=${*:-data train tune table export}
+STAGES=${*:-data train tune fno table export}
 NAME=${F}32
 CKPT=$RUNS/${NAME}_ckpt
 TRAIN_N=5000
@@ -26,6 +26,9 @@ case $F in
   navier_stokes) TRAIN_N=3000 ;;  # 0.35 s a sample on one core
 esac
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# FNO baselines (fno stage), one per task and sensor setting, read by the table stage
+FNO_DIR=$RUNS/${NAME}_fno
+FNO="--fno-forward $FNO_DIR/forward_{sensors} --fno-inverse $FNO_DIR/inverse_{sensors}"
 
 # Tasks and the guidance grid per family (validation samples only).  The Dirichlet families
 # and Navier-Stokes sample their coefficient and take the solution from the differentiable
@@ -69,7 +72,8 @@ case $F in
     # above consistency_sigma_max (a first sweep at 500 sensors, weights 10 and 100 with
     # consistency_steps 0 or 20 at every step, chose 20 at every step: 85 % error at 3 %)
     TUNE_JOINT="--points 500 31 --weights 10 30 100 --grid consistency_sigma_max=0.03,0.1,1000 --set consistency_steps=20 --set consistency_lr=0.05"
-    TABLE="--tasks joint" ;;
+    TABLE="--tasks joint"
+    FNO="" ;;  # no coefficient field to map from or to
   *) echo "unknown family $F" >&2; exit 2 ;;
 esac
 
@@ -101,11 +105,16 @@ for stage in $STAGES; do
             --resume --out "benchmarks/results/tune_guidance_${NAME}_${task}_diffusionpde.json"
         fi
       done ;;
+    fno)
+      if [[ -n $FNO ]]; then
+        python benchmarks/fno_models.py --train "$RUNS/${NAME}_train.nc" --save "$FNO_DIR" \
+          --threads 1 --out "benchmarks/results/fno_models_${NAME}.json"
+      fi ;;
     table)
       # shellcheck disable=SC2086
       python benchmarks/solver_table.py --model "$CKPT" --data "$RUNS/${NAME}_test.nc" \
         --family "$F" --samples "${TABLE_SAMPLES:-100}" --members 8 --threads 1 --resume \
-        --dp-samples "$DP_SAMPLES" --dp-members 1 $TABLE ${TABLE_EXTRA:-} \
+        --dp-samples "$DP_SAMPLES" --dp-members 1 $TABLE $FNO ${TABLE_EXTRA:-} \
         --out "benchmarks/results/solver_table_${NAME}.json" ;;
     export)
       metrics=()
