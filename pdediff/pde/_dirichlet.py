@@ -188,7 +188,7 @@ class BandedCholesky:
     With the interior nodes in C order, the five-point matrix has half bandwidth
     ``kd = nx - 2``; the band Cholesky (``dpbtrf``) costs ``n kd^2`` flops and no fill-reducing
     ordering, which beats the sparse LU of :func:`factor` on the grids of the shipped models
-    (about 2x at 64^2, see :data:`BAND_MAX`).  Same ``solve(rhs, trans)`` as SuperLU; ``A`` is
+    (2-4x at 64^2, see :data:`BAND_MAX`).  Same ``solve(rhs, trans)`` as SuperLU; ``A`` is
     symmetric, so ``trans`` changes nothing.
 
     Parameters
@@ -216,10 +216,12 @@ class BandedCholesky:
         return x
 
 
-#: Widest interior row (``nx - 2``) factored by :class:`BandedCholesky`; above it the band
-#: fill (``n kd``) outgrows the sparse LU's.  One core (``benchmarks/factor_speed.py``):
-#: 0.23 vs 1.3 ms at 32^2, 2.5 vs 5.6 ms at 64^2, even at 96^2, 32 vs 28 ms at 128^2.
-BAND_MAX = 96
+#: Widest interior row (``nx - 2``) factored by :class:`BandedCholesky`.  On one core
+#: (``benchmarks/factor_speed.py``, two other jobs sharing the two cores) the band took
+#: 4.7 against 10.8 ms at 64^2, 33 against 54 ms at 128^2, and lost from 192^2 on (154
+#: against 145 ms); its storage ``(kd + 1) n`` (16 MB a member at 128^2, kept for the
+#: adjoint solve) also grows as the cube of the side.
+BAND_MAX = 128
 
 
 def neg_div_c_grad_factor(c: Array, hy: float, hx: float) -> Factor:
