@@ -31,13 +31,13 @@ from pdediff.pde.base import Array, Grid, PDEError, node_grid
 from pdediff.pde.grf import grf_neumann
 
 DIMS = ("y", "x")
-
-#: Factors of an interior operator: SuperLU or :class:`BandedCholesky` (both ``solve(b, trans)``).
-Factor = Any
 BOUNDARY = (
     "Dirichlet: u = 0 on the four sides of the box; the boundary nodes are part of the "
     "grid and hold u = 0, the residual covers the interior nodes only"
 )
+
+#: Factors of an interior operator: SuperLU or :class:`BandedCholesky` (both ``solve(b, trans)``).
+Factor = Any
 
 
 def solution_map(name: str):
