@@ -285,6 +285,8 @@ def parts(args: argparse.Namespace, family: str | None) -> list[dict]:
                 part.update(preset="pdediff", methods=["diffusion"], samples=args.samples)
                 if row in ("joint", "diffusionpde"):
                     part["preset"] = row
+                if row == "joint":
+                    part["samples"] = min(args.joint_samples or args.samples, args.samples)
                 if row == "diffusionpde":
                     if args.dp_samples <= 0:
                         continue
@@ -469,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--classical-samples", type=int, help="samples of the classical row (default: --samples)"
+    )
+    p.add_argument(
+        "--joint-samples", type=int, help="samples of the joint row (default: --samples)"
     )
     p.add_argument("--members", type=int, default=8, help="ensemble size")
     p.add_argument(

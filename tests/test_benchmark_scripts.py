@@ -120,15 +120,17 @@ def test_solver_table(checkpoint, data, fno_dirs, tmp_path, capsys, load_benchma
 def test_solver_table_joint_task(checkpoint, data, tmp_path, load_benchmark):
     """--tasks joint (every field observed; Burgers has no other task): one column group
     for the joint task, no classical row (no classical method solves it), and
-    --dp-samples 0 leaves the 2000-step row out."""
+    --dp-samples 0 leaves the 2000-step row out; --joint-samples runs the joint preset's row
+    on fewer samples."""
     solver_table = load_benchmark("solver_table")
     argv = [
         "--model", str(checkpoint), "--data", str(data), "--family", "darcy", "--tasks", "joint",
-        "--samples", "1", "--dp-samples", "0", "--members", "2", "--sensors", "10",
-        "--steps", "2", "--out", str(tmp_path / "joint.json"),
+        "--samples", "2", "--joint-samples", "1", "--dp-samples", "0", "--members", "2",
+        "--sensors", "10", "--steps", "2", "--out", str(tmp_path / "joint.json"),
     ]  # fmt: skip
     result = solver_table.main(argv)
     assert sorted(result["parts"]) == ["joint_p10_joint", "joint_p10_pdediff"]
+    assert [result["parts"][f"joint_p10_{r}"]["samples"] for r in ("joint", "pdediff")] == [1, 2]
     assert all(set(r) >= {"joint"} and "forward" not in r for r in result["rows"])
     header = result["markdown"].splitlines()[0]
     assert "joint a error rate %" in header and "joint a rel L2 %" in header
