@@ -31,6 +31,7 @@ from pdediff.metrics import relative_l2, threshold_error_rate
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import save  # noqa: E402
+from solver_table import sensor_setting  # noqa: E402
 
 # ANCHORS.md, "Relative L2 error (%) at 500 observations, 128x128", row FNO, Darcy column:
 # forward relative L2 of u / inverse error rate of thresholded a.
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
             for task in TASKS:
                 rows.append(run_case(task, res, m, train, test, args))
                 if args.save_models:
-                    label = f"p{int(s)}" if s >= 1 else f"f{s:g}"  # solver_table's labels
+                    label = sensor_setting(f"{s:g}")[0]  # solver_table's part labels
                     rows[-1]["model"] = str(Path(args.save_models) / f"{task}_{res}_{label}")
                     rows[-1].pop("_model").save(rows[-1]["model"])
                 rows[-1].pop("_model", None)

@@ -35,11 +35,7 @@ from pdediff.pde.registry import get_family
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import save  # noqa: E402
-
-
-def sensor_label(sensors: float) -> str:
-    """``p500`` for a count, ``f0.03`` for a fraction (solver_table's part labels)."""
-    return f"p{int(sensors)}" if sensors >= 1 else f"f{sensors:g}"
+from solver_table import sensor_setting  # noqa: E402
 
 
 def task_fields(family_name: str) -> dict[str, tuple[str, str]]:
@@ -59,7 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train", required=True, help="training fields (.nc or .zarr)")
     p.add_argument("--save", required=True, help="folder of the trained FNOs")
     p.add_argument("--tasks", nargs="+", default=["forward", "inverse"])
-    p.add_argument("--sensors", type=float, nargs="+", default=[500, 0.03])
+    p.add_argument(
+        "--sensors", nargs="+", default=["500", "0.03"], help="as solver_table.py's --sensors"
+    )
     p.add_argument("--n-train", type=int, default=None, help="first K training samples")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch-size", type=int, default=16)
@@ -85,10 +83,11 @@ def main(argv: list[str] | None = None) -> dict:
     kept = {r["model"]: r for r in earlier}
     rows = []
     for sensors in args.sensors:
-        m = int(sensors) if sensors >= 1 else sensors
+        label, draw = sensor_setting(sensors)
+        m = draw["points"] or draw["fraction"]
         for task in args.tasks:
             source, target = fields[task]
-            folder = Path(args.save) / f"{task}_{sensor_label(sensors)}"
+            folder = Path(args.save) / f"{task}_{label}"
             if folder.is_dir() and not args.overwrite:
                 print(f"{folder}: kept (--overwrite retrains)", flush=True)
                 rows += [kept[str(folder)]] if str(folder) in kept else []
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
                 }
             )
             print(
-                f"{task} {source} -> {target}, {sensor_label(sensors)}: loss "
+                f"{task} {source} -> {target}, {label}: loss "
                 f"{rows[-1]['final_train_loss']:.4f} ({rows[-1]['train_seconds']:.0f} s)",
                 flush=True,
             )
