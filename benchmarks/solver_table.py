@@ -16,7 +16,10 @@ are :func:`pdediff.solve.evaluate.evaluate` calls on the same test samples:
 * ``classical``: ``interp-solve`` (forward) and ``pde-fit`` (inverse), for Darcy, Poisson,
   Helmholtz and Navier-Stokes;
 * ``fno``: the FNO baselines ``--fno-forward`` / ``--fno-inverse`` (one per task; the same
-  model serves every sensor setting), when given.
+  model serves every sensor setting), when given;
+* ``exact-prior`` (Darcy, forward): the exact posterior under the prior the test data were
+  drawn from (:mod:`pdediff.baselines.exact_prior`), ``--exact-members`` members: the
+  Bayes floor of the forward error, and the calibration a perfect prior would have.
 
 Test sample ``i`` gets its sensors from the seeds ``(--seed, i)`` in every call, so every
 row sees the same observations of the same samples (the ``diffusionpde`` row a prefix of
@@ -74,7 +77,7 @@ TASKS = ("forward", "inverse")
 #: ``--tasks`` may add ``joint`` (observe every field; Burgers, whose only field is the
 #: solution, has no other task).
 TASKS_ALL = (*TASKS, "joint")
-ROWS = ("pdediff", "joint", "diffusionpde", "classical", "fno")
+ROWS = ("pdediff", "joint", "diffusionpde", "classical", "fno", "exact-prior")
 CLASSICAL = {"forward": "interp-solve", "inverse": "pde-fit"}
 #: Denoiser calls per step of each sampler, and calls saved on the last step to sigma = 0.
 SAMPLER_CALLS = {"heun": (2, 1), "euler": (1, 0), "dpmpp_2m": (1, 0), "euler_maruyama": (1, 0)}
@@ -300,6 +303,10 @@ def parts(args: argparse.Namespace, family: str | None) -> list[dict]:
                     if not fno.get(task):
                         continue
                     part["methods"] = ["fno"]
+                if row == "exact-prior":
+                    if family != "darcy" or task != "forward":
+                        continue
+                    part["methods"] = ["exact-prior"]
                 out.append(part)
     return out
 
@@ -309,6 +316,8 @@ def part_kwargs(part: Mapping, args: argparse.Namespace, overrides: Mapping) -> 
     if part["row"] == "fno":
         pattern = args.fno_forward if part["task"] == "forward" else args.fno_inverse
         options["fno"] = {"model": pattern.format(sensors=part["sensors"])}
+    if part["row"] == "exact-prior":
+        options["exact-prior"] = {"members": args.exact_members or args.members}
     return {
         "task": part["task"],
         **part["draw"],
@@ -503,6 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the sensor setting's label (one FNO per setting, as fno_baseline.py --save-models)",
     )
     p.add_argument("--fno-inverse", help="the same for the inverse task")
+    p.add_argument(
+        "--exact-members",
+        type=int,
+        help="members of the exact-prior row (default: --members; more: closer to the "
+        "Bayes floor of the ensemble mean's error)",
+    )
     p.add_argument("--steps", type=int, help="sampler steps of the pdediff and joint presets")
     p.add_argument("--dp-steps", type=int, help="sampler steps of the diffusionpde preset")
     p.add_argument(

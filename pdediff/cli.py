@@ -867,7 +867,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--methods",
         default="diffusion",
-        help="comma separated: diffusion,interp-solve,pde-fit,fno",
+        help="comma separated: diffusion,interp-solve,pde-fit,fno,exact-prior (the last: "
+        "forward Darcy, the exact posterior under the test data's own prior, a reference)",
     )
     ev.add_argument(
         "--fno-model",

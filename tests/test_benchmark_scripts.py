@@ -44,7 +44,7 @@ def test_solver_table(checkpoint, data, fno_dirs, tmp_path, capsys, load_benchma
         "--steps", "2", "--dp-steps", "3", "--protocol-json", '{"joint": {"pde_weight": 1.0}}',
         "--baseline-options-json", '{"pde-fit": {"max_iter": 5}}',
         "--fno-forward", fno_dirs["forward"], "--fno-inverse", fno_dirs["inverse"],
-        "--out", str(out),
+        "--exact-members", "3", "--out", str(out),
     ]  # fmt: skip
     result = solver_table.main(argv)
     printed = capsys.readouterr().out
@@ -55,7 +55,9 @@ def test_solver_table(checkpoint, data, fno_dirs, tmp_path, capsys, load_benchma
     assert doc["markdown"] == result["markdown"] and doc["markdown"] in printed
     rows = {(r["sensors"], r["row"]) for r in doc["rows"]}
     assert rows == {(s, r) for s in ("p10", "f0.2") for r in solver_table.ROWS}
-    assert len(doc["parts"]) == 2 * 2 * 5 and all(p["complete"] for p in doc["parts"].values())
+    # five rows of both tasks, and the exact Darcy prior's of the forward task
+    assert len(doc["parts"]) == 2 * (2 * 5 + 1)
+    assert all(p["complete"] for p in doc["parts"].values())
     for name, part in doc["parts"].items():
         assert Path(part["table"]).is_file() and Path(part["table"]).stem == name
         assert Path(part["table"]).parent == tmp_path / "table"
@@ -68,6 +70,8 @@ def test_solver_table(checkpoint, data, fno_dirs, tmp_path, capsys, load_benchma
     members = {n: json.loads(Path(p["table"]).read_text())["members"] for n, p in parts.items()}
     assert {m for n, m in members.items() if "diffusionpde" in n} == {1}
     assert members["inverse_p10_pdediff"] == 2
+    exact = json.loads(Path(parts["forward_p10_exact-prior"]["table"]).read_text())["rows"]
+    assert {r["members"] for r in exact if r["field"] == "u"} == {3}
     assert parts["forward_p10_joint"]["protocol"]["pde_weight"] == 1.0
     assert parts["inverse_p10_classical"]["methods"] == ["pde-fit"]
     assert doc["protocol_overrides"]["diffusionpde"] == {"steps": 3}
@@ -85,7 +89,8 @@ def test_solver_table(checkpoint, data, fno_dirs, tmp_path, capsys, load_benchma
     assert "diffusion (joint)" in printed and "fno" in printed
     # every row paired with pdediff on their common samples, the 2000-step row twice
     pairs = {(q["task"], q["sensors"], q["row"], q["metric"]): q for q in doc["paired"]}
-    assert len(pairs) == 2 * 2 * (4 + 1)
+    assert len(pairs) == 2 * (2 * (4 + 1) + 1)
+    assert pairs[("forward", "p10", "exact-prior", "rel_l2_mean")]["n"] == 2
     q = pairs[("inverse", "p10", "classical", "error_rate_mean")]
     assert q["n"] == 2 and q["method"] == "pde-fit" and 0 <= q["pdediff_better"] <= 2
     assert q["difference"] == pytest.approx(q["other"] - q["pdediff"])
@@ -102,7 +107,7 @@ def test_solver_table(checkpoint, data, fno_dirs, tmp_path, capsys, load_benchma
     some = solver_table.main([*argv, "--resume", "--rows", "classical", "--sensors", "10"])
     status = {name: p["status"] for name, p in some["parts"].items()}
     assert status.pop("forward_p10_classical") == status.pop("inverse_p10_classical") == "reused"
-    assert set(status.values()) == {"kept"} and len(status) == 18
+    assert set(status.values()) == {"kept"} and len(status) == 20
     assert some["rows"] == result["rows"]
     assert json.loads(out.read_text())["rows"] == result["rows"]
     # more samples: each part continues from the samples it has (the 2000-step row, capped

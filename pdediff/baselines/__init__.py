@@ -4,6 +4,9 @@
 :func:`pde_constrained_fit` (inverse: regularised fit of the coefficient through the exact
 discrete solve, adjoint gradient, L-BFGS-B), for Darcy, Poisson and Helmholtz; and the
 learned baseline :func:`train_fno_baseline` (an FNO from the sparse, masked field to the other).
+:func:`darcy_exact_posterior` is a reference rather than a baseline: the exact posterior of
+Darcy's coefficient under the prior its data were drawn from (the Bayes floor of the forward
+error).
 """
 
 from pdediff.baselines.classical import (
@@ -12,10 +15,12 @@ from pdediff.baselines.classical import (
     observations,
     pde_constrained_fit,
 )
+from pdediff.baselines.exact_prior import darcy_exact_posterior
 from pdediff.baselines.fno import FNOBaseline, train_fno_baseline
 
 __all__ = [
     "FNOBaseline",
+    "darcy_exact_posterior",
     "fit_objective",
     "interpolate_then_solve",
     "observations",

@@ -88,6 +88,20 @@ def grf_neumann(
     DCT-II samples the modes at cell centres, as ``GRF.m`` does; on a node grid that is a
     half-cell shift of a stationary field and does not change its law.
     """
+    weights = neumann_weights(shape, alpha, tau, sigma, lengths)
+    return scipy.fft.idctn(weights * rng.standard_normal(weights.shape), type=2, norm="ortho")
+
+
+def neumann_weights(
+    shape: Sequence[int],
+    alpha: float,
+    tau: float,
+    sigma: float | None = None,
+    lengths: Sequence[float] | None = None,
+) -> np.ndarray:
+    """The weights ``w`` of :func:`grf_neumann`: its field is ``idctn(w * xi)`` (orthonormal
+    DCT-II, ``xi ~ N(0, I)``), so its covariance is ``Phi diag(w^2) Phi^T`` with ``Phi``
+    the orthonormal inverse DCT (used by :mod:`pdediff.baselines.exact_prior`)."""
     shape = tuple(int(s) for s in shape)
     sigma = tau ** (alpha - 1.0) if sigma is None else sigma
     lengths = tuple(lengths) if lengths is not None else (1.0,) * len(shape)
@@ -98,7 +112,5 @@ def grf_neumann(
     k2 = sum(k**2 for k in ks)
     coef = sigma * (np.pi**2 * k2 + tau**2) ** (-alpha / 2.0)
     coef.flat[0] = 0.0
-    xi = rng.standard_normal(shape)
     # The orthonormal DCT carries prod(sqrt(2 / n_i)); sqrt(prod n_i) cancels it (FNO: s).
-    scale = np.sqrt(np.prod(shape))
-    return scipy.fft.idctn(scale * coef * xi, type=2, norm="ortho")
+    return np.sqrt(np.prod(shape)) * coef

@@ -14,7 +14,13 @@ every method is run on the *same* observations:
   :func:`pdediff.baselines.pde_constrained_fit`;
 * ``fno`` (forward, inverse; any family): a trained :class:`pdediff.baselines.FNOBaseline`
   (``baseline_options={"fno": {"model": DIR}}``, one FNO per task) reads the sensors of its
-  source field and predicts its target field.
+  source field and predicts its target field;
+* ``exact-prior`` (forward Darcy, noise-free sensors): members of the exact posterior under
+  the prior the test data were drawn from
+  (:func:`pdediff.baselines.exact_prior.darcy_exact_posterior`), a reference for the
+  learned prior and the Bayes floor of the error, not a method a user could run on real
+  data (``baseline_options={"exact-prior": {"members": N}}``: its ensemble size, default
+  ``members``).
 
 Each (method, sample, field) gives one row of scores from :mod:`pdediff.metrics`; the
 baselines are point estimates (one "member"), so their probabilistic scores are left out
@@ -82,15 +88,18 @@ __all__ = [
     "sample_seeds",
 ]
 
-METHODS = ("diffusion", "interp-solve", "pde-fit", "fno")
+METHODS = ("diffusion", "interp-solve", "pde-fit", "fno", "exact-prior")
 #: Tasks each method can solve (the baselines need the coefficient, resp. solution, sensors).
 METHOD_TASKS = {
     "diffusion": TASKS,
     "interp-solve": ("forward", "joint"),
     "pde-fit": ("inverse",),
     "fno": ("forward", "inverse"),
+    "exact-prior": ("forward",),
 }
-ENSEMBLE_METHODS = frozenset({"diffusion"})
+ENSEMBLE_METHODS = frozenset({"diffusion", "exact-prior"})
+#: Methods for one family only (the prior they know).
+FAMILY_METHODS = {"exact-prior": "darcy"}
 BASELINE_FAMILIES = ("darcy", "poisson", "helmholtz", "navier_stokes")
 #: The methods that need a family of :data:`BASELINE_FAMILIES` (a reference solver).
 CLASSICAL_METHODS = frozenset({"interp-solve", "pde-fit"})
@@ -240,6 +249,11 @@ def check_methods(methods: Sequence[str], task: str, family: PDEFamily | None) -
             raise PdediffError(
                 f"method {m!r} needs a {', '.join(BASELINE_FAMILIES)} test set; this one {what}"
             )
+        if m in FAMILY_METHODS and name != FAMILY_METHODS[m]:
+            raise PdediffError(
+                f"method {m!r} knows the prior of {FAMILY_METHODS[m]!r} data only; this "
+                f"test set is {name!r}"
+            )
     return methods
 
 
@@ -374,11 +388,26 @@ def _run_fno(ctx: _Context, obs: Observations) -> dict:
     }
 
 
+def _run_exact_prior(ctx: _Context, obs: Observations, solve_seed: int) -> dict:
+    from pdediff.baselines.exact_prior import darcy_exact_posterior
+
+    a = obs.fields["a"]
+    if a.std is not None and np.any(np.asarray(a.std) > 0):
+        raise PdediffError("method 'exact-prior' needs noise-free sensors of a (noise_std = 0)")
+    members = int(ctx.options.get("exact-prior", {}).get("members", ctx.members))
+    rng = np.random.default_rng(solve_seed)
+    idx = grid_indices(a, ctx.spec, "a")
+    return darcy_exact_posterior(ctx.grid, ctx.params, idx, a.values, members, rng)
+
+
 def _run(method: str, ctx: _Context, obs: Observations, solve_seed: int) -> tuple[dict, float]:
     """``field -> (M, *grid)`` estimates and the seconds they took."""
     if method == "diffusion":
         return _run_diffusion(ctx, obs, solve_seed)
     t0 = time.perf_counter()
+    if method == "exact-prior":
+        est = _run_exact_prior(ctx, obs, solve_seed)
+        return est, time.perf_counter() - t0
     if method == "interp-solve":
         est = _run_interp_solve(ctx, obs)
     elif method == "pde-fit":
