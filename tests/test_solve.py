@@ -290,6 +290,7 @@ def test_demo_runs_on_a_model_and_writes_posteriors_and_figures(checkpoint, tmp_
     assert main([*argv, "--members", "2", "--steps", "2"]) == 0
     text = capsys.readouterr().out
     assert "classical (pde-fit)" in text and "classical (interp-solve)" in text
+    assert text.count("exact posterior (2)") == 1  # Darcy's forward problem only
     for task in ("inverse", "forward"):
         post = xr.open_dataset(out / f"{task}.nc")
         assert post.sizes["member"] == 2 and {"a_true", "u_true", "a_std"} <= set(post)
@@ -321,6 +322,7 @@ def test_demo_on_other_families(family, tasks, baselines, tmp_path, capsys):
     text = capsys.readouterr().out
     assert ("classical (pde-fit)" in text) is baselines
     assert "err% = pixels" not in text  # no two-level coefficient
+    assert "exact posterior" not in text  # Darcy's prior only
     assert sorted(p.name for p in out.glob("*.nc")) == sorted(f"{t}.nc" for t in tasks)
     fields = set(FAMILIES[family].fields)
     post = xr.open_dataset(out / f"{tasks[0]}.nc")
