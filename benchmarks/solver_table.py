@@ -156,7 +156,8 @@ def _normal(x: Any) -> Any:
 
 def expected_meta(model: str, data: str, kwargs: Mapping) -> dict:
     """The settings an evaluation table made with ``kwargs`` records (see :data:`MATCHED`);
-    its protocol as resolved for the number of points each field is observed at."""
+    its protocol as resolved for the number of points each field is observed at (none for
+    the baselines' tables, as :func:`pdediff.solve.evaluate.evaluate` records)."""
     draw = {k: kwargs[k] for k in ("points", "fraction", "noise_std")}
     spec = read_checkpoint(model).fieldspec
     seen = observed_count(open_fields(data), spec, kwargs["task"], **draw)
@@ -171,7 +172,7 @@ def expected_meta(model: str, data: str, kwargs: Mapping) -> dict:
             "noise_std": kwargs["noise_std"],
             "members": kwargs["members"],
             "preset": kwargs["preset"],
-            "protocol": protocol.to_dict(),
+            "protocol": protocol.to_dict() if "diffusion" in kwargs["methods"] else None,
             "samples": kwargs["samples"],
             "baseline_options": kwargs.get("baseline_options") or {},
             "model": str(model),

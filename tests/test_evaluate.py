@@ -432,3 +432,11 @@ def test_cli_fno_model(checkpoint, test_set, fno_models, tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["methods"] == ["fno"] and len(doc["rows"]) == 2
     assert doc["baseline_options"]["fno"]["model"] == str(fno_models["inverse"])
+
+
+def test_only_tables_with_the_diffusion_method_record_a_protocol(checkpoint, test_set, tables):
+    """The baselines do not use the protocol, so a change of the model's guidance does not
+    make their tables stale (``--resume`` reuses them)."""
+    alone = evaluate(checkpoint, test_set, task="forward", methods=["interp-solve"], **FAST)
+    assert alone.meta["protocol"] is None
+    assert tables["forward"].meta["protocol"]["steps"] == 3

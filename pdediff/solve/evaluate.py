@@ -993,7 +993,9 @@ def _meta(
     command: str | None,
     seen: float,
 ) -> dict[str, Any]:
-    """The table's settings; ``protocol`` as resolved for ``seen`` points per field."""
+    """The table's settings; ``protocol`` as resolved for ``seen`` points per field (``None``
+    without the ``diffusion`` method: the baselines do not use it, so a change of the
+    model's guidance does not make their tables stale)."""
     return {
         "command": command,
         "model": ctx.checkpoint,
@@ -1008,7 +1010,9 @@ def _meta(
         "preset": ctx.preset,
         "protocol": resolve_protocol(
             ctx.checkpoint, ctx.preset, ctx.task, ctx.protocol, seen
-        ).to_dict(),
+        ).to_dict()
+        if "diffusion" in methods
+        else None,
         "use_pde": ctx.use_pde,
         "baseline_options": ctx.options,
         "coverage_level": COVERAGE_LEVEL,
