@@ -400,3 +400,13 @@ def test_observations_of_a_need_no_solve_in_solver_mode(darcy, monkeypatch):
         torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
     # the a term of the full map solves, the fast one does not; u needs the solve in both
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("members", [4, 8, 39])
+def test_demo_calibrated_coverage_is_what_the_metric_gives_a_calibrated_ensemble(members):
+    from pdediff.demo import _calibrated_coverage
+    from pdediff.metrics import coverage
+
+    rng = np.random.default_rng(members)
+    ens, truth = rng.standard_normal((members, 40_000)), rng.standard_normal(40_000)
+    assert coverage(ens, truth) == pytest.approx(_calibrated_coverage(members), abs=0.01)

@@ -51,7 +51,7 @@ def _first_hit(pos: Array, vel: Array) -> tuple[float, int]:
     t = np.pi / 2 - phase
     t[(amp < _WALL_TOL) | (t < _WALL_TOL)] = np.inf  # on the wall, moving inwards
     j = int(np.argmin(t))
-    return float(t[j]), j
+    return (float(t[j]), j) if np.isfinite(t[j]) else (math.inf, -1)
 
 
 def tmvn_hmc(
