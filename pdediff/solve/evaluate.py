@@ -407,15 +407,16 @@ def _run(method: str, ctx: _Context, obs: Observations, solve_seed: int) -> tupl
     t0 = time.perf_counter()
     if method == "exact-prior":
         est = _run_exact_prior(ctx, obs, solve_seed)
-        return est, time.perf_counter() - t0
-    if method == "interp-solve":
+    elif method == "interp-solve":
         est = _run_interp_solve(ctx, obs)
     elif method == "pde-fit":
         est = _run_pde_fit(ctx, obs)
     else:
         est = _run_fno(ctx, obs)
     seconds = time.perf_counter() - t0
-    return {f: np.asarray(v, np.float64)[None] for f, v in est.items()}, seconds
+    if method not in ENSEMBLE_METHODS:  # a point estimate: one member
+        est = {f: np.asarray(v, np.float64)[None] for f, v in est.items()}
+    return est, seconds
 
 
 # ------------------------------------------------------------------------------- the scores
