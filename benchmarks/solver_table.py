@@ -31,7 +31,9 @@ reruns the others.  After every part the summary ``--out`` is rewritten (command
 settings, protocol overrides, the resolved protocol of every part, and one row per
 (sensors, method)), and at the end the table is printed as markdown.  With ``--resume`` the
 summary also keeps the parts of the earlier summary that this call does not run (status
-``kept``), so ``--rows diffusionpde`` adds that row to a table instead of replacing it.
+``kept``), so ``--rows diffusionpde`` adds that row to a table instead of replacing it; it
+re-reads them before each write, so two calls of other rows or sensor settings may run side
+by side on one ``--out`` (a part finished by one is in the summary the other writes next).
 
 NFE is the number of denoiser evaluations per member (a batch of members counts once):
 the sampler's (Heun: ``2 steps - 1``; Euler, DPM-Solver++(2M): ``steps``) plus one per
@@ -556,6 +558,7 @@ def main(argv: list[str] | None = None) -> dict:
     paths = [folder / f"{p['task']}_{p['sensors']}_{p['row']}.json" for p in todo]
     check_outputs(paths, args.resume, args.overwrite)
     folder.mkdir(parents=True, exist_ok=True)
+    redone = {p.stem for p in paths}
     result = {
         "note": "solver table: every row on the same test samples and sensors (seeds "
         "(seed, i)); errors of the ensemble mean; diffusionpde on the first dp_samples",
@@ -565,10 +568,10 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {k: v for k, v in vars(args).items() if k not in ("progress",)},
         "protocol_overrides": {p: overrides[p] for p in PRESETS},
         "threads": torch.get_num_threads(),
-        "parts": kept_parts(out, {p.stem for p in paths}, args.resume),
+        "parts": kept_parts(out, redone, args.resume),
         "rows": [],
     }
-    done = list(result["parts"].values())
+    mine: dict[str, dict] = {}
     for i, (part, path) in enumerate(zip(todo, paths, strict=True), 1):
         name = path.stem
         print(f"[{i}/{len(todo)}] {name}", flush=True)
@@ -594,10 +597,15 @@ def main(argv: list[str] | None = None) -> dict:
             "complete": doc["complete"],
             "summary": doc["summary"],
         }
-        done.append(part)
-        result["parts"][name] = part
+        mine[name] = part
+        # re-read the others: a run of other rows on the same --out may have added parts
+        result["parts"] = {**kept_parts(out, redone, args.resume), **mine}
+        done = list(result["parts"].values())
         result["rows"] = table_rows(done, spec)
         save(result, out)
+    result["parts"] = {**kept_parts(out, redone, args.resume), **mine}
+    done = list(result["parts"].values())
+    result["rows"] = table_rows(done, spec)
     result["paired"] = paired(done, spec)
     table = format_table(result["rows"], spec)
     table += "\n\nPaired with pdediff on the same samples and sensors:\n\n"

@@ -142,6 +142,34 @@ def test_solver_table_joint_task(checkpoint, data, tmp_path, load_benchmark):
     assert "fwd" not in header and "n joint" in header
 
 
+def test_solver_table_side_by_side(checkpoint, data, tmp_path, monkeypatch, load_benchmark):
+    """Two calls of other rows on one --out: a part that the other call finishes while this
+    one runs is in the summary this one writes last (it re-reads the others' parts)."""
+    solver_table = load_benchmark("solver_table")
+    out = tmp_path / "side.json"
+    argv = [
+        "--model", str(checkpoint), "--data", str(data), "--family", "darcy", "--samples", "1",
+        "--members", "2", "--sensors", "10", "--steps", "2", "--tasks", "inverse",
+        "--baseline-options-json", '{"pde-fit": {"max_iter": 3}}', "--resume", "--out", str(out),
+    ]  # fmt: skip
+    solver_table.main([*argv, "--rows", "pdediff"])
+    run_part, calls = solver_table.run_part, []
+
+    def with_other_call(*args, **kwargs):
+        calls.append(args[0].stem)
+        if len(calls) == 1:  # the other call runs (and writes the summary) during this part
+            solver_table.main([*argv, "--rows", "joint"])
+        return run_part(*args, **kwargs)
+
+    monkeypatch.setattr(solver_table, "run_part", with_other_call)
+    last = solver_table.main([*argv, "--rows", "classical"])
+    names = ["inverse_p10_pdediff", "inverse_p10_joint", "inverse_p10_classical"]
+    assert sorted(json.loads(out.read_text())["parts"]) == sorted(names)
+    assert {p["status"] for n, p in last["parts"].items() if n != names[2]} == {"kept"}
+    assert {r["row"] for r in last["rows"]} == {"pdediff", "joint", "classical"}
+    assert calls == ["inverse_p10_classical", "inverse_p10_joint"]
+
+
 def test_ablations(checkpoint, data, tmp_path, capsys, load_benchmark):
     ablations = load_benchmark("ablations")
     out = tmp_path / "abl.json"
