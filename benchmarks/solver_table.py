@@ -230,6 +230,18 @@ def kept_parts(out: Path, redone: set[str], resume: bool) -> dict[str, dict]:
     return kept
 
 
+def merge_parts(
+    result: dict, out: Path, redone: set[str], resume: bool, mine: Mapping, spec
+) -> list[dict]:
+    """Set the summary's parts to the others' (re-read from ``out``: a call of other rows
+    on the same ``--out`` may have added some since this one started) followed by this
+    call's (``mine``), and its rows to theirs; returns the parts."""
+    result["parts"] = {**kept_parts(out, redone, resume), **mine}
+    done = list(result["parts"].values())
+    result["rows"] = table_rows(done, spec)
+    return done
+
+
 def check_outputs(paths: Sequence[Path], resume: bool, overwrite: bool) -> None:
     """Refuse to start when a table would be replaced without --resume or --overwrite."""
     if resume or overwrite:
@@ -598,14 +610,9 @@ def main(argv: list[str] | None = None) -> dict:
             "summary": doc["summary"],
         }
         mine[name] = part
-        # re-read the others: a run of other rows on the same --out may have added parts
-        result["parts"] = {**kept_parts(out, redone, args.resume), **mine}
-        done = list(result["parts"].values())
-        result["rows"] = table_rows(done, spec)
+        merge_parts(result, out, redone, args.resume, mine, spec)
         save(result, out)
-    result["parts"] = {**kept_parts(out, redone, args.resume), **mine}
-    done = list(result["parts"].values())
-    result["rows"] = table_rows(done, spec)
+    done = merge_parts(result, out, redone, args.resume, mine, spec)
     result["paired"] = paired(done, spec)
     table = format_table(result["rows"], spec)
     table += "\n\nPaired with pdediff on the same samples and sensors:\n\n"
