@@ -580,7 +580,7 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {k: v for k, v in vars(args).items() if k not in ("progress",)},
         "protocol_overrides": {p: overrides[p] for p in PRESETS},
         "threads": torch.get_num_threads(),
-        "parts": kept_parts(out, redone, args.resume),
+        "parts": {},  # set by merge_parts after each part
         "rows": [],
     }
     mine: dict[str, dict] = {}
