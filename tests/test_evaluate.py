@@ -146,6 +146,8 @@ def test_json_and_csv_are_written_and_agree(checkpoint, test_set, tmp_path):
     assert doc["complete"] and doc["task"] == "forward" and doc["seed"] == 0
     assert doc["model"] == str(checkpoint) and doc["data"] == "<in-memory Dataset>"
     assert doc["protocol"]["steps"] == 3 and doc["points"] == 10 and doc["pde"] == "darcy"
+    # how the test set was made, so that a table on a file no longer at hand can be redone
+    assert doc["data_history"].endswith("generate darcy n=3 resolution=8 seed=1")
     assert (
         doc["rank_histogram"]["diffusion"]["u"] == result.rank_histograms["diffusion"]["u"].tolist()
     )

@@ -43,6 +43,7 @@ EVALUATION = {
     "command": "pdediff evaluate --model m --data test.nc --task forward --out e.json",
     "model": "m",
     "data": "test.nc",
+    "data_history": "2026-12-08T00:42:21Z pdediff 0.1.0: generate darcy n=4 resolution=8 seed=7",
     "task": "forward",
     "points": 500,
     "members": 8,
@@ -163,6 +164,7 @@ def test_card_with_command_recipe_and_metrics(checkpoint, tmp_path):
     assert "| method | field | n | rel_l2_mean | crps |" in text
     assert "| diffusion | u | 4 | 0.01230 ± 0.004 | 0.5000 ± 0.1 |" in text
     assert "samples done: 4 of 4" in text and f"file: {table}" in text
+    assert "- test data made by: 2026-12-08T00:42:21Z pdediff 0.1.0: generate darcy n=4" in text
     (evaluation,) = facts["metrics"]
     assert "rows" not in evaluation and evaluation["summary"] == EVALUATION["summary"]
 

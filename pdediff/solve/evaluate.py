@@ -904,7 +904,8 @@ def evaluate(
         _check_output(out, overwrite or resume)
     draw = {"points": points, "fraction": fraction, "noise_std": noise_std, "layout": layout}
     seen = observed_count(ds, ctx.spec, task, **draw)
-    result = Evaluation(meta=_meta(ctx, where, methods, indices, seed, draw, command, seen))
+    meta = _meta(ctx, where, methods, indices, seed, draw, command, seen)
+    result = Evaluation(meta=meta | {"data_history": ds.attrs.get("history")})
     if resume and out is not None and table_paths(out)[0].is_file():
         _resume(result, table_paths(out)[0])
     done = result.meta["samples_done"]

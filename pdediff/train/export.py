@@ -596,6 +596,7 @@ def _md_metrics(m: Mapping[str, Any] | None) -> str:
         ("command", f"`{m['command']}`" if m.get("command") else None),
         ("model evaluated", m.get("model")),
         ("test data", m.get("data")),
+        ("test data made by", m.get("data_history")),
         ("task", m.get("task")),
         ("observed points per field", m.get("points")),
         ("ensemble members", m.get("members")),
