@@ -904,8 +904,9 @@ def evaluate(
         _check_output(out, overwrite or resume)
     draw = {"points": points, "fraction": fraction, "noise_std": noise_std, "layout": layout}
     seen = observed_count(ds, ctx.spec, task, **draw)
-    meta = _meta(ctx, where, methods, indices, seed, draw, command, seen)
-    result = Evaluation(meta=meta | {"data_history": ds.attrs.get("history")})
+    history = ds.attrs.get("history")
+    meta = _meta(ctx, where, history, methods, indices, seed, draw, command, seen)
+    result = Evaluation(meta=meta)
     if resume and out is not None and table_paths(out)[0].is_file():
         _resume(result, table_paths(out)[0])
     done = result.meta["samples_done"]
@@ -988,6 +989,7 @@ def _check_output(out: str | os.PathLike, overwrite: bool) -> None:
 def _meta(
     ctx: _Context,
     where: str,
+    history: str | None,
     methods: Sequence[str],
     indices: Sequence[int],
     seed: int,
@@ -997,11 +999,13 @@ def _meta(
 ) -> dict[str, Any]:
     """The table's settings; ``protocol`` as resolved for ``seen`` points per field (``None``
     without the ``diffusion`` method: the baselines do not use it, so a change of the
-    model's guidance does not make their tables stale)."""
+    model's guidance does not make their tables stale); ``history`` is the test set's
+    ``history`` attribute (how it was made)."""
     return {
         "command": command,
         "model": ctx.checkpoint,
         "data": where,
+        "data_history": history,
         "pde": ctx.family.name if ctx.family else None,
         "params": ctx.family.params(ctx.params) if ctx.family else {},
         "task": ctx.task,
